@@ -1,0 +1,348 @@
+//! Vectorised environments: N copies of one dynamics stored as structure-of-arrays, stepped in one
+//! call, with gymnasium 1.x's default autoreset mode (`AutoresetMode.NEXT_STEP`).
+//!
+//! Next-step autoreset: when copy `i` terminates or truncates, that step returns its final
+//! observation; the *next* `step` resets copy `i` (its action is ignored) and returns the reset
+//! observation with reward 0 and both flags false.
+
+use std::time::Instant;
+
+use rand::SeedableRng;
+
+use crate::classic::{Dynamics, EnvRng, MAX_STATE_DIM};
+use crate::core::{Action, EnvError, EpisodeStatistics};
+use crate::space::Space;
+
+/// Actions for all copies: one index per copy, or `num_envs × action_dim` floats row by row.
+#[derive(Clone, Copy, Debug)]
+pub enum VecAction<'a> {
+    Discrete(&'a [i64]),
+    Continuous(&'a [f32]),
+}
+
+/// The result of one vector step, borrowed from buffers the env reuses (no allocation per step).
+/// `obs` is `num_envs × obs_dim`, row by row. `episode[i]` is set on the step that ends copy
+/// `i`'s episode (gymnasium's `RecordEpisodeStatistics`, always on here).
+#[derive(Debug)]
+pub struct VecStep<'a> {
+    pub obs: &'a [f32],
+    pub rewards: &'a [f64],
+    pub terminated: &'a [bool],
+    pub truncated: &'a [bool],
+    pub episode: &'a [Option<EpisodeStatistics>],
+}
+
+/// A vector environment, dyn-compatible so `make_vec` can return any of them.
+pub trait VectorEnv {
+    fn id(&self) -> &str;
+    fn num_envs(&self) -> usize;
+    fn single_observation_space(&self) -> Space;
+    fn single_action_space(&self) -> Space;
+    /// Resets every copy; `Some(seed)` seeds copy `i` with `seed + i`, as gymnasium does.
+    /// Returns the `num_envs × obs_dim` observations.
+    fn reset(&mut self, seed: Option<u64>) -> &[f32];
+    /// Steps every copy. Invalid actions are an error and change nothing.
+    fn step(&mut self, actions: VecAction<'_>) -> Result<VecStep<'_>, EnvError>;
+    /// Internal state of copy `i`.
+    fn state(&self, i: usize) -> Vec<f64>;
+}
+
+/// N copies of `D` in structure-of-arrays layout: state dimension `d` of every copy is
+/// contiguous, so a step streams through memory.
+pub struct SyncVectorEnv<D: Dynamics> {
+    id: &'static str,
+    dynamics: D,
+    n: usize,
+    action_dim: usize,
+    max_episode_steps: Option<u64>,
+    /// `STATE_DIM` columns of length `n`.
+    state: Vec<f64>,
+    rngs: Vec<EnvRng>,
+    elapsed: Vec<u64>,
+    autoreset: Vec<bool>,
+    episode_return: Vec<f64>,
+    episode_start: Vec<Instant>,
+    actions: Vec<D::Act>,
+    obs: Vec<f32>,
+    rewards: Vec<f64>,
+    terminated: Vec<bool>,
+    truncated: Vec<bool>,
+    episode: Vec<Option<EpisodeStatistics>>,
+    was_reset: bool,
+}
+
+impl<D: Dynamics> SyncVectorEnv<D> {
+    pub fn new(
+        id: &'static str,
+        dynamics: D,
+        num_envs: usize,
+        max_episode_steps: Option<u64>,
+    ) -> Self {
+        assert!(num_envs > 0, "a vector env needs at least one copy");
+        let mut seeder = rand::rng();
+        let action_dim = dynamics.action_space().flat_dim();
+        SyncVectorEnv {
+            id,
+            n: num_envs,
+            action_dim,
+            max_episode_steps,
+            state: vec![0.0; D::STATE_DIM * num_envs],
+            rngs: (0..num_envs)
+                .map(|_| EnvRng::from_rng(&mut seeder))
+                .collect(),
+            elapsed: vec![0; num_envs],
+            autoreset: vec![false; num_envs],
+            episode_return: vec![0.0; num_envs],
+            episode_start: vec![Instant::now(); num_envs],
+            actions: Vec::with_capacity(num_envs),
+            obs: vec![0.0; D::OBS_DIM * num_envs],
+            rewards: vec![0.0; num_envs],
+            terminated: vec![false; num_envs],
+            truncated: vec![false; num_envs],
+            episode: vec![None; num_envs],
+            was_reset: false,
+            dynamics,
+        }
+    }
+
+    #[inline]
+    fn gather(&self, i: usize) -> [f64; MAX_STATE_DIM] {
+        let mut s = [0.0; MAX_STATE_DIM];
+        for (d, v) in s.iter_mut().enumerate().take(D::STATE_DIM) {
+            *v = self.state[d * self.n + i];
+        }
+        s
+    }
+
+    #[inline]
+    fn scatter(&mut self, i: usize, s: &[f64; MAX_STATE_DIM]) {
+        for (d, v) in s.iter().enumerate().take(D::STATE_DIM) {
+            self.state[d * self.n + i] = *v;
+        }
+    }
+
+    fn reset_copy(&mut self, i: usize) {
+        let mut s = [0.0; MAX_STATE_DIM];
+        self.dynamics
+            .reset_state(&mut self.rngs[i], &mut s[..D::STATE_DIM]);
+        self.scatter(i, &s);
+        self.elapsed[i] = 0;
+        self.episode_return[i] = 0.0;
+        self.episode_start[i] = Instant::now();
+        self.observe_copy(i, &s);
+    }
+
+    #[inline]
+    fn observe_copy(&mut self, i: usize, s: &[f64; MAX_STATE_DIM]) {
+        let od = D::OBS_DIM;
+        self.dynamics
+            .observe(&s[..D::STATE_DIM], &mut self.obs[i * od..(i + 1) * od]);
+    }
+
+    fn parse_actions(&mut self, actions: VecAction<'_>) -> Result<(), EnvError> {
+        let expected_len = match actions {
+            VecAction::Discrete(a) => a.len(),
+            VecAction::Continuous(a) => a.len() / self.action_dim.max(1),
+        };
+        let len_ok = match actions {
+            VecAction::Discrete(a) => a.len() == self.n,
+            VecAction::Continuous(a) => a.len() == self.n * self.action_dim,
+        };
+        if !len_ok {
+            return Err(EnvError::InvalidAction {
+                env: self.id.into(),
+                action: format!("{expected_len} actions"),
+                expected: format!("{} actions of {:?}", self.n, self.dynamics.action_space()),
+            });
+        }
+        self.actions.clear();
+        for i in 0..self.n {
+            let a = match actions {
+                VecAction::Discrete(a) => Action::Discrete(a[i]),
+                VecAction::Continuous(a) => {
+                    Action::Continuous(&a[i * self.action_dim..(i + 1) * self.action_dim])
+                }
+            };
+            // An autoresetting copy ignores its action, but a malformed one is still a caller bug.
+            let act = self.dynamics.parse_action(a).map_err(|e| match e {
+                EnvError::InvalidAction {
+                    action, expected, ..
+                } => EnvError::InvalidAction {
+                    env: format!("{} (copy {i})", self.id),
+                    action,
+                    expected,
+                },
+                other => other,
+            })?;
+            self.actions.push(act);
+        }
+        Ok(())
+    }
+}
+
+impl<D: Dynamics> VectorEnv for SyncVectorEnv<D> {
+    fn id(&self) -> &str {
+        self.id
+    }
+    fn num_envs(&self) -> usize {
+        self.n
+    }
+    fn single_observation_space(&self) -> Space {
+        self.dynamics.observation_space()
+    }
+    fn single_action_space(&self) -> Space {
+        self.dynamics.action_space()
+    }
+
+    fn reset(&mut self, seed: Option<u64>) -> &[f32] {
+        if let Some(seed) = seed {
+            for (i, rng) in self.rngs.iter_mut().enumerate() {
+                *rng = EnvRng::seed_from_u64(seed.wrapping_add(i as u64));
+            }
+        }
+        for i in 0..self.n {
+            self.reset_copy(i);
+            self.autoreset[i] = false;
+            self.episode[i] = None;
+        }
+        self.was_reset = true;
+        &self.obs
+    }
+
+    fn step(&mut self, actions: VecAction<'_>) -> Result<VecStep<'_>, EnvError> {
+        if !self.was_reset {
+            return Err(EnvError::ResetNeeded {
+                env: self.id.into(),
+                why: "never reset",
+            });
+        }
+        self.parse_actions(actions)?;
+        for i in 0..self.n {
+            if self.autoreset[i] {
+                self.reset_copy(i);
+                self.rewards[i] = 0.0;
+                self.terminated[i] = false;
+                self.truncated[i] = false;
+                self.episode[i] = None;
+                self.autoreset[i] = false;
+                continue;
+            }
+            let mut s = self.gather(i);
+            let (reward, term) = self
+                .dynamics
+                .step_state(&mut s[..D::STATE_DIM], self.actions[i]);
+            self.scatter(i, &s);
+            self.observe_copy(i, &s);
+            self.elapsed[i] += 1;
+            let trunc = self.max_episode_steps.is_some_and(|m| self.elapsed[i] >= m);
+            self.episode_return[i] += reward;
+            self.rewards[i] = reward;
+            self.terminated[i] = term;
+            self.truncated[i] = trunc;
+            self.episode[i] = if term || trunc {
+                Some(EpisodeStatistics {
+                    r: self.episode_return[i],
+                    l: self.elapsed[i],
+                    t: self.episode_start[i].elapsed().as_secs_f64(),
+                })
+            } else {
+                None
+            };
+            self.autoreset[i] = term || trunc;
+        }
+        Ok(VecStep {
+            obs: &self.obs,
+            rewards: &self.rewards,
+            terminated: &self.terminated,
+            truncated: &self.truncated,
+            episode: &self.episode,
+        })
+    }
+
+    fn state(&self, i: usize) -> Vec<f64> {
+        self.gather(i)[..D::STATE_DIM].to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cartpole::CartPole;
+    use crate::classic::ClassicEnv;
+    use crate::core::Env;
+    use crate::pendulum::Pendulum;
+    use crate::wrappers::TimeLimit;
+
+    /// Copy `i` of a vector env seeded with `s` must follow, bit for bit, a single env seeded
+    /// with `s + i` under the same actions, through terminations and next-step autoresets.
+    #[test]
+    fn vector_copies_match_single_envs_through_autoreset() {
+        let n = 5;
+        let mut venv = SyncVectorEnv::new("CartPole-v1", CartPole::default(), n, Some(40));
+        let mut singles: Vec<_> = (0..n)
+            .map(|_| TimeLimit::new(ClassicEnv::new("CartPole-v1", CartPole::default()), 40))
+            .collect();
+        let obs0 = venv.reset(Some(100)).to_vec();
+        let mut pending_reset = vec![false; n];
+        for (i, env) in singles.iter_mut().enumerate() {
+            let (o, _) = env.reset(Some(100 + i as u64));
+            assert_eq!(&obs0[i * 4..i * 4 + 4], &o[..]);
+        }
+        let (mut ends, mut autoresets) = (0, 0);
+        for t in 0..300 {
+            // A fixed pseudo-random action pattern, different per copy.
+            let actions: Vec<i64> = (0..n).map(|i| ((t * 7 + i * 3) % 5 % 2) as i64).collect();
+            let out = venv.step(VecAction::Discrete(&actions)).unwrap();
+            for (i, env) in singles.iter_mut().enumerate() {
+                if pending_reset[i] {
+                    // Copies after an end reset from their own stream: same as reset(None).
+                    let (o, _) = env.reset(None);
+                    assert_eq!(&out.obs[i * 4..i * 4 + 4], &o[..]);
+                    assert_eq!(out.rewards[i], 0.0);
+                    assert!(!out.terminated[i] && !out.truncated[i] && out.episode[i].is_none());
+                    pending_reset[i] = false;
+                    autoresets += 1;
+                    continue;
+                }
+                let s = env.step(Action::Discrete(actions[i])).unwrap();
+                assert_eq!(&out.obs[i * 4..i * 4 + 4], &s.obs[..], "t={t} copy={i}");
+                assert_eq!(out.rewards[i], s.reward);
+                assert_eq!(
+                    (out.terminated[i], out.truncated[i]),
+                    (s.terminated, s.truncated)
+                );
+                assert_eq!(out.episode[i].is_some(), s.done());
+                if s.done() {
+                    pending_reset[i] = true;
+                    ends += 1;
+                }
+            }
+        }
+        assert!(
+            ends > 10 && autoresets > 10,
+            "ends {ends}, autoresets {autoresets}"
+        );
+    }
+
+    #[test]
+    fn continuous_vector_actions_and_errors() {
+        let mut venv = SyncVectorEnv::new("Pendulum-v1", Pendulum::default(), 3, Some(200));
+        assert!(
+            venv.step(VecAction::Continuous(&[0.0; 3])).is_err(),
+            "step before reset"
+        );
+        venv.reset(Some(0));
+        let before: Vec<Vec<f64>> = (0..3).map(|i| venv.state(i)).collect();
+        let err = venv
+            .step(VecAction::Continuous(&[0.0, f32::NAN, 0.0]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("copy 1"), "{err}");
+        assert!(venv.step(VecAction::Continuous(&[0.0; 2])).is_err());
+        assert!(venv.step(VecAction::Discrete(&[0, 0, 0])).is_err());
+        let after: Vec<Vec<f64>> = (0..3).map(|i| venv.state(i)).collect();
+        assert_eq!(before, after, "a rejected step must not move any copy");
+        let out = venv.step(VecAction::Continuous(&[2.0, -2.0, 9.0])).unwrap();
+        assert_eq!(out.obs.len(), 9);
+    }
+}
