@@ -5,7 +5,9 @@ use std::f64::consts::PI;
 
 use rand::{Rng, RngExt};
 
-use crate::classic::{Dynamics, Kwargs, check_known_keys, kwarg, parse_discrete, parse_finite};
+use crate::classic::{
+    Dynamics, Kwargs, check_known_keys, kwarg, parse_discrete, parse_finite, py_square,
+};
 use crate::core::{Action, EnvError};
 use crate::space::Space;
 
@@ -79,19 +81,21 @@ impl Acrobot {
         let (i1, i2) = (LINK_MOI, LINK_MOI);
         let g = 9.8;
         let [theta1, theta2, dtheta1, dtheta2] = s;
-        let d1 =
-            m1 * (lc1 * lc1) + m2 * (l1 * l1 + lc2 * lc2 + 2.0 * l1 * lc2 * theta2.cos()) + i1 + i2;
-        let d2 = m2 * (lc2 * lc2 + l1 * lc2 * theta2.cos()) + i2;
+        let d1 = m1 * py_square(lc1)
+            + m2 * (py_square(l1) + py_square(lc2) + 2.0 * l1 * lc2 * theta2.cos())
+            + i1
+            + i2;
+        let d2 = m2 * (py_square(lc2) + l1 * lc2 * theta2.cos()) + i2;
         let phi2 = m2 * lc2 * g * (theta1 + theta2 - PI / 2.0).cos();
-        let phi1 = -m2 * l1 * lc2 * (dtheta2 * dtheta2) * theta2.sin()
+        let phi1 = -m2 * l1 * lc2 * py_square(dtheta2) * theta2.sin()
             - 2.0 * m2 * l1 * lc2 * dtheta2 * dtheta1 * theta2.sin()
             + (m1 * lc1 + m2 * l1) * g * (theta1 - PI / 2.0).cos()
             + phi2;
-        let denom = m2 * (lc2 * lc2) + i2 - (d2 * d2) / d1;
+        let denom = m2 * py_square(lc2) + i2 - py_square(d2) / d1;
         let ddtheta2 = match self.book_or_nips {
             AcrobotVariant::Nips => (a + d2 / d1 * phi1 - phi2) / denom,
             AcrobotVariant::Book => {
-                (a + d2 / d1 * phi1 - m2 * l1 * lc2 * (dtheta1 * dtheta1) * theta2.sin() - phi2)
+                (a + d2 / d1 * phi1 - m2 * l1 * lc2 * py_square(dtheta1) * theta2.sin() - phi2)
                     / denom
             }
         };

@@ -4,7 +4,9 @@ use std::f64::consts::PI;
 
 use rand::{Rng, RngExt};
 
-use crate::classic::{Dynamics, Kwargs, check_known_keys, kwarg, parse_finite};
+use crate::classic::{
+    Dynamics, Kwargs, check_known_keys, kwarg, parse_finite, py_square, py_square_f32,
+};
 use crate::core::{Action, EnvError};
 use crate::space::Space;
 
@@ -91,11 +93,11 @@ impl Dynamics for Pendulum {
     #[inline]
     fn step_state(&self, state: &mut [f64], u: f32) -> (f64, bool) {
         let (th, thdot) = (state[0], state[1]);
-        // NumPy promotes `python_float * float32` to float32: those products are f32 here too.
-        let u_cost = 0.001f32 * (u * u);
-        let u_acc = (3.0 / (self.m * (self.l * self.l))) as f32 * u;
-        let an = angle_normalize(th);
-        let costs = an * an + 0.1 * (thdot * thdot) + u_cost as f64;
+        // NumPy promotes `python_float * float32` to float32: those products are f32 here too,
+        // and `x ** 2` is libm's pow, as in gymnasium.
+        let u_cost = 0.001f32 * py_square_f32(u);
+        let u_acc = (3.0 / (self.m * py_square(self.l))) as f32 * u;
+        let costs = py_square(angle_normalize(th)) + 0.1 * py_square(thdot) + u_cost as f64;
         let newthdot = thdot + (3.0 * self.g / (2.0 * self.l) * th.sin() + u_acc as f64) * self.dt;
         let newthdot = newthdot.clamp(-self.max_speed, self.max_speed);
         let newth = th + newthdot * self.dt;
