@@ -139,6 +139,10 @@ impl<D: Dynamics> Env for ClassicEnv<D> {
         &self.state[..D::STATE_DIM]
     }
 
+    fn observation(&self) -> Obs {
+        self.obs()
+    }
+
     fn set_state(&mut self, state: &[f64]) -> Result<(), EnvError> {
         let why = if state.len() != D::STATE_DIM {
             Some(format!(

@@ -138,6 +138,9 @@ pub trait Env {
     /// The full internal state (`f64`, as gymnasium keeps it): the physical state, not the
     /// observation (Acrobot's state is angles, its observation their sines and cosines).
     fn state(&self) -> &[f64];
+    /// The observation of the current internal state (what `reset`/`step` returned last, or
+    /// what a `set_state` state looks like).
+    fn observation(&self) -> Obs;
     /// Puts the environment in `state` and makes it steppable, for evaluating learned models
     /// from chosen states. Wrappers' counters are not touched: call `reset` first for a new episode.
     fn set_state(&mut self, state: &[f64]) -> Result<(), EnvError>;
@@ -161,6 +164,9 @@ impl<E: Env + ?Sized> Env for Box<E> {
     }
     fn state(&self) -> &[f64] {
         (**self).state()
+    }
+    fn observation(&self) -> Obs {
+        (**self).observation()
     }
     fn set_state(&mut self, state: &[f64]) -> Result<(), EnvError> {
         (**self).set_state(state)

@@ -77,6 +77,9 @@ impl<E: Env> Env for TimeLimit<E> {
     fn state(&self) -> &[f64] {
         self.env.state()
     }
+    fn observation(&self) -> Obs {
+        self.env.observation()
+    }
     fn set_state(&mut self, state: &[f64]) -> Result<(), EnvError> {
         self.env.set_state(state)?;
         // A chosen state starts a fresh count if the previous episode was used up.
@@ -145,6 +148,9 @@ impl<E: Env> Env for RecordEpisodeStatistics<E> {
     }
     fn state(&self) -> &[f64] {
         self.env.state()
+    }
+    fn observation(&self) -> Obs {
+        self.env.observation()
     }
     fn set_state(&mut self, state: &[f64]) -> Result<(), EnvError> {
         self.env.set_state(state)

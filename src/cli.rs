@@ -1,0 +1,223 @@
+//! The `funcrl` command line: clap subcommands, config loading and exit codes
+//! (0 success, 1 run-time failure, 2 invalid input — config, flag, id, state or action).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, UsageError};
+use crate::rollout::{self, Format, Policy, RolloutConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "funcrl",
+    version,
+    about = "Control-oriented model-based RL and deep IV regression on a functional bilevel solver (FuncID)",
+    long_about = "funcrl trains model-based agents whose world model is learned by maximum likelihood or, \
+through a functional bilevel solver (FuncID), so that the Q-function trained inside it does well on real \
+data; the same solver runs deep instrumental-variable regression. Environments follow Python gymnasium \
+step for step.\n\nExit codes: 0 success, 1 run-time failure, 2 invalid config, flag or value."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Play actions in a real environment from a seed or a chosen state and print the transitions.
+    ///
+    /// Replays --actions in one episode, or runs --episodes episodes of a seeded random policy.
+    /// With --format jsonl every line is {"episode","t","action","obs","reward","terminated","truncated"};
+    /// the line with t = 0 is the reset observation (action and reward null).
+    #[command(
+        after_help = "Examples:\n  funcrl rollout --env CartPole-v1 --episodes 10\n  \
+funcrl rollout --env CartPole-v1 --state 0,0,0.1,0 --actions 1,1,0,1 --format jsonl\n  \
+funcrl rollout --env Pendulum-v1 --seed 3 --actions 0.5,-2,2 --format jsonl\n  \
+funcrl rollout --config configs/rollout/cartpole_random.toml --set episodes=3"
+    )]
+    Rollout(RolloutArgs),
+    /// List the registered environments with their spaces, time limits and reward thresholds.
+    Envs,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RolloutArgs {
+    /// TOML file with the rollout's fields (env, seed, state, actions, policy, episodes,
+    /// max_steps, format, [kwargs]); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config field, e.g. --set episodes=3 or --set kwargs.sutton_barto_reward=true.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Environment id (see `funcrl envs`).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Seed for the environment's reset and the random policy [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Start from this internal state (comma-separated, e.g. CartPole: x,x_dot,theta,theta_dot).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, num_args = 1)]
+    pub state: Option<Vec<f64>>,
+    /// Actions to replay, comma-separated (integers for discrete spaces, numbers for continuous ones).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, num_args = 1, conflicts_with_all = ["policy", "episodes"])]
+    pub actions: Option<Vec<f64>>,
+    /// Policy when no actions are given.
+    #[arg(long, value_enum)]
+    pub policy: Option<Policy>,
+    /// Number of episodes for the policy [default: 1].
+    #[arg(long)]
+    pub episodes: Option<u64>,
+    /// Episode time limit, overriding the registered one.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Output format [default: table].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Environment option, e.g. --kwarg sutton_barto_reward=true (repeatable).
+    #[arg(long = "kwarg", value_name = "KEY=VALUE")]
+    pub kwargs: Vec<String>,
+}
+
+impl RolloutArgs {
+    /// Config file (if any) + `--set` + flags, validated once through the typed struct.
+    pub fn resolve(&self) -> Result<RolloutConfig, UsageError> {
+        let mut table = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    UsageError::new(format!("cannot read config {}: {e}", path.display()))
+                })?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    UsageError::new(format!("invalid TOML in {}: {e}", path.display()))
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for o in &self.overrides {
+            config::apply_override(&mut table, o)?;
+        }
+        let mut set = |k: &str, v: toml::Value| {
+            table.insert(k.to_string(), v);
+        };
+        if let Some(v) = &self.env {
+            set("env", v.clone().into());
+        }
+        if let Some(v) = self.seed {
+            set("seed", toml::Value::Integer(to_i64(v, "--seed")?));
+        }
+        if let Some(v) = &self.state {
+            set(
+                "state",
+                v.iter()
+                    .map(|x| toml::Value::Float(*x))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+        }
+        if let Some(v) = &self.actions {
+            set(
+                "actions",
+                v.iter()
+                    .map(|x| toml::Value::Float(*x))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+        }
+        if let Some(v) = self.policy {
+            set("policy", toml::Value::try_from(v).expect("enum serializes"));
+        }
+        if let Some(v) = self.episodes {
+            set("episodes", toml::Value::Integer(to_i64(v, "--episodes")?));
+        }
+        if let Some(v) = self.max_steps {
+            set("max_steps", toml::Value::Integer(to_i64(v, "--max-steps")?));
+        }
+        if let Some(v) = self.format {
+            set("format", toml::Value::try_from(v).expect("enum serializes"));
+        }
+        for kv in &self.kwargs {
+            config::apply_override(&mut table, &format!("kwargs.{kv}"))?;
+        }
+        if !table.contains_key("env") {
+            return Err(UsageError::new(
+                "rollout needs an environment: --env ID (or `env` in --config); see `funcrl envs`",
+            ));
+        }
+        let source = self
+            .config
+            .as_ref()
+            .map_or("(flags)".to_string(), |p| p.display().to_string());
+        config::from_table(table, &source)
+    }
+}
+
+fn to_i64(v: u64, flag: &str) -> Result<i64, UsageError> {
+    i64::try_from(v).map_err(|_| UsageError::new(format!("{flag} {v} is too large")))
+}
+
+/// Parses arguments, runs the command, maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::SUCCESS; // `funcrl ... | head` is not an error.
+            }
+            let code = if e.downcast_ref::<UsageError>().is_some() {
+                2
+            } else {
+                1
+            };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match cli.command {
+        Command::Rollout(args) => {
+            let cfg = args.resolve()?;
+            rollout::run(&cfg, &mut out)?;
+        }
+        Command::Envs => {
+            writeln!(
+                out,
+                "{:<16} {:>9} {:>10}  observation / action",
+                "id", "max_steps", "threshold"
+            )?;
+            for s in funcrl_envs::SPECS {
+                let env = funcrl_envs::make(s.id)?;
+                let th = s
+                    .reward_threshold
+                    .map_or("-".to_string(), |t| t.to_string());
+                writeln!(
+                    out,
+                    "{:<16} {:>9} {:>10}  {} / {}",
+                    s.id,
+                    s.max_episode_steps,
+                    th,
+                    describe(&env.observation_space()),
+                    describe(&env.action_space())
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn describe(space: &funcrl_envs::Space) -> String {
+    match space {
+        funcrl_envs::Space::Discrete { n, start: 0 } => format!("Discrete({n})"),
+        funcrl_envs::Space::Discrete { n, start } => format!("Discrete({n}, start={start})"),
+        funcrl_envs::Space::Box { low, .. } => format!("Box(f32, ({},))", low.len()),
+    }
+}

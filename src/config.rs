@@ -1,0 +1,145 @@
+//! TOML configs: read a file, apply `--set key=value` overrides, deserialize into a typed struct
+//! with `deny_unknown_fields`. Every failure is a [`UsageError`] that names the file, the field
+//! and what is allowed, so the CLI can print it and exit with code 2.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+/// A mistake in what the user asked for (config, flag, id, value): printed without a backtrace,
+/// exit code 2, like clap's own argument errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        UsageError(msg.into())
+    }
+}
+
+/// Parses `key=value` (dotted keys address nested tables) into the TOML table. The value is read
+/// as a TOML value (`3`, `true`, `[1, 2]`, `"x"`); anything that is not valid TOML is taken as a
+/// bare string, so `--set env=CartPole-v1` works without quotes.
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), UsageError> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| UsageError::new(format!("--set '{assignment}': expected key=value")))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(UsageError::new(format!("--set '{assignment}': empty key")));
+    }
+    let value = parse_value(raw.trim());
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("non-empty key");
+    let mut cur = table;
+    for p in parts {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| {
+            UsageError::new(format!("--set '{assignment}': '{p}' is not a table"))
+        })?;
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Deserializes a TOML table into `T`, turning serde's message into one that names the source.
+pub fn from_table<T: DeserializeOwned>(table: toml::Table, source: &str) -> Result<T, UsageError> {
+    T::deserialize(table)
+        .map_err(|e| UsageError::new(format!("invalid config {source}: {}", e.message())))
+}
+
+/// Reads `path`, applies the overrides in order, and deserializes.
+pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError::new(format!("cannot read config {}: {e}", path.display())))?;
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        UsageError::new(format!("invalid TOML in {}: {e}", path.display()))
+    })?;
+    for o in overrides {
+        apply_override(&mut table, o)?;
+    }
+    from_table(table, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        lr: f64,
+    }
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields, rename_all = "snake_case")]
+    enum Mode {
+        Fast,
+        Slow,
+    }
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Cfg {
+        name: String,
+        steps: u64,
+        mode: Mode,
+        opt: Inner,
+    }
+
+    fn table(s: &str) -> toml::Table {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn overrides_set_nested_typed_values() {
+        let mut t = table("name = 'a'\nsteps = 1\nmode = 'fast'\n[opt]\nlr = 0.1\n");
+        apply_override(&mut t, "steps=20").unwrap();
+        apply_override(&mut t, "opt.lr=1e-3").unwrap();
+        apply_override(&mut t, "name=CartPole-v1").unwrap();
+        apply_override(&mut t, "mode = slow").unwrap();
+        let c: Cfg = from_table(t, "test").unwrap();
+        assert_eq!(
+            c,
+            Cfg {
+                name: "CartPole-v1".into(),
+                steps: 20,
+                mode: Mode::Slow,
+                opt: Inner { lr: 1e-3 }
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_allowed_values() {
+        let t = table("name = 'a'\nsteps = 1\nmode = 'fast'\nstep = 3\n[opt]\nlr = 0.1\n");
+        let e = from_table::<Cfg>(t, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("x.toml") && e.contains("unknown field `step`") && e.contains("`steps`"),
+            "{e}"
+        );
+        let t = table("name = 'a'\nsteps = 1\nmode = 'quick'\n[opt]\nlr = 0.1\n");
+        let e = from_table::<Cfg>(t, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown variant `quick`") && e.contains("`fast`") && e.contains("`slow`"),
+            "{e}"
+        );
+        let t = table("name = 'a'\nsteps = -1\nmode = 'fast'\n[opt]\nlr = 0.1\n");
+        assert!(from_table::<Cfg>(t, "x.toml").is_err());
+        let mut t = table("name = 'a'");
+        assert!(apply_override(&mut t, "novalue").is_err());
+        assert!(apply_override(&mut t, "name.sub=1").is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! funcrl: control-oriented model-based reinforcement learning and deep instrumental-variable
+//! regression on a functional bilevel solver (FuncID, NeurIPS 2024).
+//!
+//! This crate is the facade and the CLI; the environments live in [`funcrl_envs`].
+
+pub mod cli;
+pub mod config;
+pub mod rollout;
+
+pub use funcrl_envs as envs;
