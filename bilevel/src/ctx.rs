@@ -1,0 +1,98 @@
+//! Where tensors live (device, precision) and the few host <-> tensor conversions the solver needs.
+
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+/// Floating-point precision of every tensor the solver creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    F32,
+    #[default]
+    F64,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F64 => DType::F64,
+        }
+    }
+
+    /// Machine epsilon, used to size finite-difference steps.
+    pub fn epsilon(self) -> f64 {
+        match self {
+            Precision::F32 => f32::EPSILON as f64,
+            Precision::F64 => f64::EPSILON,
+        }
+    }
+}
+
+impl From<Precision> for FloatDType {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::F32 => FloatDType::F32,
+            Precision::F64 => FloatDType::F64,
+        }
+    }
+}
+
+/// A device with autodiff enabled plus the float precision. The backend is picked at run time by
+/// the device (burn 0.22): `Device::flex()` by default, LibTorch or wgpu behind cargo features.
+/// The dtype is passed at every creation rather than configured on the device, because device
+/// settings are process-wide and tests run f32 and f64 side by side.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl Ctx {
+    pub fn new(device: Device, precision: Precision) -> Self {
+        Self {
+            device: device.autodiff(),
+            precision,
+        }
+    }
+
+    /// The default CPU backend (burn's `flex`).
+    pub fn flex(precision: Precision) -> Self {
+        Self::new(Device::flex(), precision)
+    }
+
+    /// A `[rows, cols]` tensor from row-major host values.
+    pub fn tensor2(&self, values: Vec<f64>, rows: usize, cols: usize) -> Tensor<2> {
+        assert_eq!(
+            values.len(),
+            rows * cols,
+            "tensor2: {rows}x{cols} needs {} values",
+            rows * cols
+        );
+        Tensor::from_data(
+            TensorData::new(values, [rows, cols]),
+            (&self.device, self.precision.dtype()),
+        )
+    }
+
+    pub fn zeros2(&self, rows: usize, cols: usize) -> Tensor<2> {
+        Tensor::zeros([rows, cols], (&self.device, self.precision.dtype()))
+    }
+
+    pub fn ones2(&self, rows: usize, cols: usize) -> Tensor<2> {
+        Tensor::ones([rows, cols], (&self.device, self.precision.dtype()))
+    }
+}
+
+/// Host copy of a tensor's values (row-major), whatever its float dtype.
+pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
+    t.to_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .expect("float tensor converts to f64")
+}
+
+/// The single value of a one-element tensor.
+pub fn scalar(t: Tensor<1>) -> f64 {
+    to_vec(&t)[0]
+}

@@ -1,0 +1,205 @@
+//! The inner problem: G(ω, θ) = L_in(ω, h_θ) + ½ λ ‖[W; b]‖² (ridge on the head only), solved by
+//! warm-started optimiser steps and, optionally, an exact ridge solve of the head.
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ctx::{Ctx, scalar, to_vec},
+    error::BilevelError,
+    linalg::weighted_ridge_solve,
+    model::InnerModel,
+    optim::{Optimizer, OptimizerConfig},
+    params::Params,
+    problem::BilevelProblem,
+};
+
+fn default_true() -> bool {
+    true
+}
+fn default_inner_optimizer() -> OptimizerConfig {
+    OptimizerConfig::adam(1e-3)
+}
+
+/// How the inner problem is solved at each outer iteration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InnerConfig {
+    /// Optimiser steps per outer iteration (warm-started from the previous θ).
+    pub steps: usize,
+    #[serde(default = "default_inner_optimizer")]
+    pub optimizer: OptimizerConfig,
+    /// Keep the optimiser's moments across outer iterations (else reset them every time).
+    #[serde(default = "default_true")]
+    pub keep_optimizer_state: bool,
+    /// Ridge λ on the head [W; b].
+    #[serde(default)]
+    pub ridge: f64,
+    /// After the steps, solve the head exactly (one Newton step on [W; b], exact for losses
+    /// quadratic in v). Needs the problem's `inner_hessian_diag`.
+    #[serde(default)]
+    pub closed_form_head: bool,
+}
+
+impl Default for InnerConfig {
+    fn default() -> Self {
+        Self {
+            steps: 20,
+            optimizer: default_inner_optimizer(),
+            keep_optimizer_state: true,
+            ridge: 0.0,
+            closed_form_head: false,
+        }
+    }
+}
+
+/// G(ω, θ) as a one-element tensor (differentiable in whichever of ω, θ are tracked).
+pub fn inner_objective<P: BilevelProblem, M: InnerModel>(
+    problem: &P,
+    model: &M,
+    omega: &Params,
+    theta: &Params,
+    x: &Tensor<2>,
+    batch: &P::InnerBatch,
+    ridge: f64,
+) -> Tensor<1> {
+    let v = model.forward(theta, x).output;
+    let loss = problem.inner_loss(omega, v, batch);
+    if ridge == 0.0 {
+        return loss;
+    }
+    let k = theta.len();
+    let head = theta.0[k - 2].clone().square().sum() + theta.0[k - 1].clone().square().sum();
+    loss + head.mul_scalar(0.5 * ridge)
+}
+
+/// (∇_θ G, ∇_ω G) from one backward.
+pub fn inner_grads<P: BilevelProblem, M: InnerModel>(
+    problem: &P,
+    model: &M,
+    omega: &Params,
+    theta: &Params,
+    x: &Tensor<2>,
+    batch: &P::InnerBatch,
+    ridge: f64,
+) -> (Params, Params) {
+    let (om, th) = (omega.tracked(), theta.tracked());
+    let grads = inner_objective(problem, model, &om, &th, x, batch, ridge).backward();
+    (th.grads(&grads), om.grads(&grads))
+}
+
+/// ∇_θ G only (ω held constant).
+pub fn inner_grad_theta<P: BilevelProblem, M: InnerModel>(
+    problem: &P,
+    model: &M,
+    omega: &Params,
+    theta: &Params,
+    x: &Tensor<2>,
+    batch: &P::InnerBatch,
+    ridge: f64,
+) -> (Params, f64) {
+    let th = theta.tracked();
+    let loss = inner_objective(problem, model, &omega.detached(), &th, x, batch, ridge);
+    let value = scalar(loss.clone().detach());
+    (th.grads(&loss.backward()), value)
+}
+
+/// `[Φ, 1]` on the host, row-major n×(p+1).
+pub fn augmented_features(features: &Tensor<2>) -> (Vec<f64>, usize, usize) {
+    let [n, p] = features.dims();
+    let f = to_vec(features);
+    let mut out = Vec::with_capacity(n * (p + 1));
+    for r in 0..n {
+        out.extend_from_slice(&f[r * p..(r + 1) * p]);
+        out.push(1.0);
+    }
+    (out, n, p + 1)
+}
+
+/// Exact head for a loss quadratic in v: one Newton step on [W; b] with the features fixed,
+/// (Φ̃ᵀ diag(H_c) Φ̃ / n + λI) Δ_c = −(Φ̃ᵀ g_c / n + λ [W; b]_c) for every output c.
+#[allow(clippy::too_many_arguments)]
+pub fn solve_head<P: BilevelProblem, M: InnerModel>(
+    ctx: &Ctx,
+    problem: &P,
+    model: &M,
+    omega: &Params,
+    theta: &Params,
+    x: &Tensor<2>,
+    batch: &P::InnerBatch,
+    ridge: f64,
+) -> Result<Params, BilevelError> {
+    let omega = omega.detached();
+    let fwd = model.forward(&theta.detached(), x);
+    let v = fwd.output.detach();
+    let h = problem
+        .inner_hessian_diag(&omega, v.clone(), batch)
+        .ok_or(BilevelError::MissingCurvature("closed_form_head"))?;
+    let g = to_vec(&problem.inner_grad_v(&omega, v.clone(), batch));
+    let (phi, n, q) = augmented_features(&fwd.features);
+    let dv = v.dims()[1];
+    let k = theta.len();
+    let head: Vec<f64> = to_vec(&theta.0[k - 2])
+        .into_iter()
+        .chain(to_vec(&theta.0[k - 1]))
+        .collect();
+    // rhs = −(Φ̃ᵀ g / n + λ head)
+    let mut rhs: Vec<f64> = head.iter().map(|w| -ridge * w).collect();
+    for s in 0..n {
+        for i in 0..q {
+            let f = phi[s * q + i] / n as f64;
+            for c in 0..dv {
+                rhs[i * dv + c] -= f * g[s * dv + c];
+            }
+        }
+    }
+    let delta = weighted_ridge_solve(&phi, &to_vec(&h), &rhs, n, q, dv, ridge)
+        .ok_or(BilevelError::Singular("closed-form head"))?;
+    let new: Vec<f64> = head.iter().zip(&delta).map(|(a, b)| a + b).collect();
+    let mut out = theta.detached();
+    out.0[k - 2] = ctx.tensor2(new[..(q - 1) * dv].to_vec(), q - 1, dv);
+    out.0[k - 1] = ctx.tensor2(new[(q - 1) * dv..].to_vec(), 1, dv);
+    Ok(out)
+}
+
+/// The inner solver: θ and its optimiser, kept across outer iterations.
+pub struct InnerSolver {
+    pub config: InnerConfig,
+    pub optimizer: Optimizer,
+}
+
+impl InnerSolver {
+    pub fn new(config: InnerConfig) -> Self {
+        let optimizer = Optimizer::new(config.optimizer.clone());
+        Self { config, optimizer }
+    }
+
+    /// Runs the configured steps from `theta`; returns the new θ and the last inner objective.
+    pub fn solve<P: BilevelProblem, M: InnerModel>(
+        &mut self,
+        ctx: &Ctx,
+        problem: &P,
+        model: &M,
+        omega: &Params,
+        theta: &Params,
+        batch: &P::InnerBatch,
+    ) -> Result<(Params, f64), BilevelError> {
+        if !self.config.keep_optimizer_state {
+            self.optimizer.reset();
+        }
+        let x = problem.inner_inputs(batch);
+        let ridge = self.config.ridge;
+        let mut theta = theta.detached();
+        for _ in 0..self.config.steps {
+            let (g, _) = inner_grad_theta(problem, model, omega, &theta, &x, batch, ridge);
+            theta = self.optimizer.step(&theta, &g);
+        }
+        if self.config.closed_form_head {
+            theta = solve_head(ctx, problem, model, omega, &theta, &x, batch, ridge)?;
+        }
+        let value = scalar(
+            inner_objective(problem, model, &omega.detached(), &theta, &x, batch, ridge).detach(),
+        );
+        Ok((theta, value))
+    }
+}

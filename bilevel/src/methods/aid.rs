@@ -1,0 +1,111 @@
+use super::{HyperInput, Hypergradient, HypergradientMethod, LinearSolver, outer_param_grads};
+use crate::{
+    error::BilevelError,
+    linalg::{conjugate_gradient, neumann},
+    model::InnerModel,
+    param_hvp::second_order,
+    params::Params,
+    problem::BilevelProblem,
+};
+
+/// How AID approximates q = (H_θθ + δI)⁻¹ ∇_θ L_out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AidSolver {
+    Cg {
+        iterations: usize,
+    },
+    Neumann {
+        iterations: usize,
+        lr: f64,
+    },
+    /// q = ∇_θ L_out (OMD's choice).
+    Identity,
+}
+
+impl AidSolver {
+    pub fn from_config(solver: LinearSolver, iterations: usize, lr: f64) -> Self {
+        match solver {
+            LinearSolver::Cg => AidSolver::Cg { iterations },
+            LinearSolver::Neumann => AidSolver::Neumann { iterations, lr },
+        }
+    }
+}
+
+/// Parametric implicit differentiation: ∇F ≈ ∂_ω L_out − H_ωθ q, with q from `solver`.
+/// Hessian-vector products are finite differences of gradients (see `param_hvp`).
+pub struct Aid {
+    pub solver: AidSolver,
+    pub damping: f64,
+    pub warm_start: bool,
+    pub fd_step: Option<f64>,
+    pub previous: Option<Params>,
+}
+
+impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
+    fn name(&self) -> &'static str {
+        match self.solver {
+            AidSolver::Identity => "identity",
+            _ => "aid",
+        }
+    }
+
+    fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {
+        let theta = i.theta.detached();
+        let (x_in, x_out) = (
+            i.problem.inner_inputs(i.inner),
+            i.problem.outer_inputs(i.outer),
+        );
+        let (b, direct, outer_loss) =
+            outer_param_grads(i.problem, i.model, i.omega, &theta, &x_out, i.outer);
+        let hvp = |u: &Params| {
+            let h = second_order(
+                i.ctx,
+                i.problem,
+                i.model,
+                i.omega,
+                &theta,
+                u,
+                &x_in,
+                i.inner,
+                i.inner_ridge,
+                self.fd_step,
+            )
+            .hvp;
+            if self.damping != 0.0 {
+                h.axpy(self.damping, u)
+            } else {
+                h
+            }
+        };
+        let q = match self.solver {
+            AidSolver::Identity => b.clone(),
+            AidSolver::Cg { iterations } => {
+                let x0 = match (&self.previous, self.warm_start) {
+                    (Some(q), true) => q.clone(),
+                    _ => b.zeros_like(),
+                };
+                conjugate_gradient(hvp, &b, x0, iterations, 0.0)
+            }
+            AidSolver::Neumann { iterations, lr } => neumann(hvp, &b, lr, iterations),
+        };
+        let cross = second_order(
+            i.ctx,
+            i.problem,
+            i.model,
+            i.omega,
+            &theta,
+            &q,
+            &x_in,
+            i.inner,
+            i.inner_ridge,
+            self.fd_step,
+        )
+        .cross;
+        self.previous = Some(q.detached());
+        Ok(Hypergradient {
+            grad: direct.sub(&cross).detached(),
+            outer_loss,
+            adjoint_loss: None,
+        })
+    }
+}

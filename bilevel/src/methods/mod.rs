@@ -1,0 +1,266 @@
+//! Hypergradient methods behind one trait, selected by a serde config.
+
+mod aid;
+mod closed_form;
+mod funcid;
+mod funcid_linear;
+mod itd;
+mod penalty;
+
+pub use aid::{Aid, AidSolver};
+pub use closed_form::ClosedForm;
+pub use funcid::FuncId;
+pub use funcid_linear::FuncIdLinear;
+pub use itd::Itd;
+pub use penalty::Penalty;
+
+use burn::tensor::Tensor;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ctx::{Ctx, scalar},
+    error::BilevelError,
+    model::InnerModel,
+    optim::OptimizerConfig,
+    params::Params,
+    problem::BilevelProblem,
+};
+
+/// Everything a method may read at the current outer iterate. `theta` is mutable because ITD's
+/// unrolled steps are inner steps too.
+pub struct HyperInput<'a, P: BilevelProblem, M: InnerModel> {
+    pub ctx: &'a Ctx,
+    pub problem: &'a P,
+    pub model: &'a M,
+    pub omega: &'a Params,
+    pub theta: &'a mut Params,
+    pub inner: &'a P::InnerBatch,
+    pub outer: &'a P::OuterBatch,
+    /// Ridge on the inner head (part of the inner objective G).
+    pub inner_ridge: f64,
+    pub rng: &'a mut StdRng,
+}
+
+/// A total-gradient estimate and what was learned on the way.
+#[derive(Debug, Clone)]
+pub struct Hypergradient {
+    /// Estimate of ∇F(ω), same shapes as ω.
+    pub grad: Params,
+    /// L_out at the current inner solution.
+    pub outer_loss: f64,
+    /// Value of the adjoint objective where the method has one (FuncID, FuncID-linear).
+    pub adjoint_loss: Option<f64>,
+}
+
+/// A hypergradient method. Methods keep state between calls (warm starts).
+pub trait HypergradientMethod<P: BilevelProblem, M: InnerModel> {
+    fn name(&self) -> &'static str;
+    fn total_gradient(
+        &mut self,
+        input: HyperInput<'_, P, M>,
+    ) -> Result<Hypergradient, BilevelError>;
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_adjoint_steps() -> usize {
+    20
+}
+fn default_adjoint_optimizer() -> OptimizerConfig {
+    OptimizerConfig::adam(1e-3)
+}
+fn default_iterations() -> usize {
+    10
+}
+fn default_neumann_lr() -> f64 {
+    0.01
+}
+
+/// Linear solver of AID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LinearSolver {
+    #[default]
+    Cg,
+    Neumann,
+}
+
+/// Which hypergradient method, with its own options. A TOML table `[method]` with
+/// `method = "funcid"` etc.; unknown names and fields are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MethodConfig {
+    /// Network adjoint a_ψ (same architecture as h) trained on the adjoint objective.
+    Funcid {
+        #[serde(default = "default_adjoint_steps")]
+        steps: usize,
+        #[serde(default = "default_adjoint_optimizer")]
+        optimizer: OptimizerConfig,
+        /// Start from the previous ψ (else re-initialise every outer iteration).
+        #[serde(default = "default_true")]
+        warm_start: bool,
+    },
+    /// Closed-form adjoint a(x) = V[φ(x); 1] on the inner network's last features.
+    FuncidLinear {
+        /// Ridge on V; `None` uses the inner ridge (then it equals implicit differentiation of
+        /// the ridge-regularised head exactly).
+        #[serde(default)]
+        ridge: Option<f64>,
+    },
+    /// Parametric implicit differentiation: (H_θθ + δI) q = ∇_θ L_out by CG or Neumann.
+    Aid {
+        #[serde(default)]
+        solver: LinearSolver,
+        #[serde(default = "default_iterations")]
+        iterations: usize,
+        /// δ added to the Hessian.
+        #[serde(default)]
+        damping: f64,
+        #[serde(default = "default_true")]
+        warm_start: bool,
+        /// Step η of the Neumann series.
+        #[serde(default = "default_neumann_lr")]
+        neumann_lr: f64,
+        /// Relative finite-difference step for Hessian-vector products (`None`: cbrt(eps)).
+        #[serde(default)]
+        fd_step: Option<f64>,
+    },
+    /// Back-propagation through the last k inner steps (plain gradient steps of size `lr`).
+    Itd {
+        unroll: usize,
+        lr: f64,
+        #[serde(default)]
+        fd_step: Option<f64>,
+    },
+    /// AID with the inverse Hessian replaced by the identity (what OMD does).
+    Identity {
+        #[serde(default)]
+        fd_step: Option<f64>,
+    },
+    /// Single-level: ∂_ω [L_out + λ ‖∇_θ G‖²] at the current θ.
+    Penalty {
+        lambda: f64,
+        #[serde(default)]
+        fd_step: Option<f64>,
+    },
+    /// The problem's exact total gradient (test oracle).
+    ClosedForm,
+}
+
+impl MethodConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MethodConfig::Funcid { .. } => "funcid",
+            MethodConfig::FuncidLinear { .. } => "funcid_linear",
+            MethodConfig::Aid { .. } => "aid",
+            MethodConfig::Itd { .. } => "itd",
+            MethodConfig::Identity { .. } => "identity",
+            MethodConfig::Penalty { .. } => "penalty",
+            MethodConfig::ClosedForm => "closed_form",
+        }
+    }
+
+    /// The method, ready to use.
+    pub fn build<P: BilevelProblem + 'static, M: InnerModel + 'static>(
+        &self,
+    ) -> Box<dyn HypergradientMethod<P, M>> {
+        match self.clone() {
+            MethodConfig::Funcid {
+                steps,
+                optimizer,
+                warm_start,
+            } => Box::new(FuncId::new(steps, optimizer, warm_start)),
+            MethodConfig::FuncidLinear { ridge } => Box::new(FuncIdLinear { ridge }),
+            MethodConfig::Aid {
+                solver,
+                iterations,
+                damping,
+                warm_start,
+                neumann_lr,
+                fd_step,
+            } => Box::new(Aid {
+                solver: AidSolver::from_config(solver, iterations, neumann_lr),
+                damping,
+                warm_start,
+                fd_step,
+                previous: None,
+            }),
+            MethodConfig::Itd {
+                unroll,
+                lr,
+                fd_step,
+            } => Box::new(Itd {
+                unroll,
+                lr,
+                fd_step,
+            }),
+            MethodConfig::Identity { fd_step } => Box::new(Aid {
+                solver: AidSolver::Identity,
+                damping: 0.0,
+                warm_start: false,
+                fd_step,
+                previous: None,
+            }),
+            MethodConfig::Penalty { lambda, fd_step } => Box::new(Penalty { lambda, fd_step }),
+            MethodConfig::ClosedForm => Box::new(ClosedForm),
+        }
+    }
+}
+
+/// L_out at v = h_θ(x_out) and D = ∂L_out/∂v (mean-scaled, `[m, d_v]`), ω held constant.
+pub(crate) fn outer_value_and_grad_v<P: BilevelProblem>(
+    problem: &P,
+    omega: &Params,
+    v_out: &Tensor<2>,
+    outer: &P::OuterBatch,
+) -> (f64, Tensor<2>) {
+    let v = v_out.clone().detach().require_grad();
+    let loss = problem.outer_loss(&omega.detached(), v.clone(), outer);
+    let value = scalar(loss.clone().detach());
+    let d = v
+        .grad(&loss.backward())
+        .expect("outer loss depends on the prediction");
+    (value, d.autodiff().detach())
+}
+
+/// The functional total gradient once an adjoint is known (SPEC §1, step 4):
+/// ∂_ω L_out(ω, v_out) + ∂_ω mean_b ⟨∂_v ℓ_in(ω, v_b), a_b⟩ with v and a held fixed — one backward.
+pub(crate) fn total_from_adjoint<P: BilevelProblem>(
+    problem: &P,
+    omega: &Params,
+    v_in: &Tensor<2>,
+    a_in: &Tensor<2>,
+    v_out: &Tensor<2>,
+    inner: &P::InnerBatch,
+    outer: &P::OuterBatch,
+) -> Params {
+    let om = omega.tracked();
+    let n = v_in.dims()[0] as f64;
+    let direct = problem.outer_loss(&om, v_out.clone().detach(), outer);
+    let cross = (problem.inner_grad_v(&om, v_in.clone().detach(), inner) * a_in.clone().detach())
+        .sum()
+        .mul_scalar(1.0 / n);
+    om.grads(&(direct + cross).backward()).detached()
+}
+
+/// (∇_θ L_out, ∂_ω L_out, L_out) at (ω, θ), one backward.
+pub(crate) fn outer_param_grads<P: BilevelProblem, M: InnerModel>(
+    problem: &P,
+    model: &M,
+    omega: &Params,
+    theta: &Params,
+    x_out: &Tensor<2>,
+    outer: &P::OuterBatch,
+) -> (Params, Params, f64) {
+    let (om, th) = (omega.tracked(), theta.tracked());
+    let loss = problem.outer_loss(&om, model.forward(&th, x_out).output, outer);
+    let value = scalar(loss.clone().detach());
+    let grads = loss.backward();
+    (
+        th.grads(&grads).detached(),
+        om.grads(&grads).detached(),
+        value,
+    )
+}

@@ -1,0 +1,56 @@
+use super::{HyperInput, Hypergradient, HypergradientMethod, outer_param_grads};
+use crate::{
+    error::BilevelError, inner::inner_grad_theta, model::InnerModel, param_hvp::second_order,
+    problem::BilevelProblem,
+};
+
+/// Single-level penalty: the ω-gradient of L_out(ω, h_θ) + λ ‖∇_θ G(ω, θ)‖² at the current θ,
+/// = ∂_ω L_out + 2λ H_ωθ ∇_θ G (one finite-difference pair along ∇_θ G).
+/// θ itself is moved by the solver's inner steps on G, not on the penalised objective.
+pub struct Penalty {
+    pub lambda: f64,
+    pub fd_step: Option<f64>,
+}
+
+impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Penalty {
+    fn name(&self) -> &'static str {
+        "penalty"
+    }
+
+    fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {
+        let theta = i.theta.detached();
+        let (x_in, x_out) = (
+            i.problem.inner_inputs(i.inner),
+            i.problem.outer_inputs(i.outer),
+        );
+        let (_, direct, outer_loss) =
+            outer_param_grads(i.problem, i.model, i.omega, &theta, &x_out, i.outer);
+        let (g, _) = inner_grad_theta(
+            i.problem,
+            i.model,
+            i.omega,
+            &theta,
+            &x_in,
+            i.inner,
+            i.inner_ridge,
+        );
+        let cross = second_order(
+            i.ctx,
+            i.problem,
+            i.model,
+            i.omega,
+            &theta,
+            &g,
+            &x_in,
+            i.inner,
+            i.inner_ridge,
+            self.fd_step,
+        )
+        .cross;
+        Ok(Hypergradient {
+            grad: direct.axpy(2.0 * self.lambda, &cross).detached(),
+            outer_loss,
+            adjoint_loss: None,
+        })
+    }
+}
