@@ -80,3 +80,134 @@ pub fn second_order<P: BilevelProblem, M: InnerModel>(
         cross: go_p.sub(&go_m).scale(s).detached(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        ctx::Precision,
+        model::{Activation, Mlp},
+        toy::{LqDims, LqOracle, generate},
+    };
+    use rand::{SeedableRng, rngs::StdRng};
+
+    const DIMS: LqDims = LqDims {
+        d_z: 3,
+        d_t: 2,
+        d_v: 2,
+        d_y: 2,
+    };
+
+    fn rel(a: &Params, b: &Params) -> f64 {
+        a.sub(b).norm() / b.norm()
+    }
+
+    /// G is quadratic in θ for a linear model: H = (c/n) Z̃ᵀZ̃ ⊗ I + λ I, exactly.
+    #[test]
+    fn exact_on_a_quadratic_against_the_closed_form_hessian() {
+        let ctx = Ctx::flex(Precision::F64);
+        let (c, ridge) = (1.3, 0.2);
+        let inst = generate(&ctx, DIMS, 50, 10, c, 0.0, LqOracle::Pointwise, false, 1);
+        let model = Mlp::new(DIMS.d_z, vec![], DIMS.d_v, Activation::Relu);
+        let mut rng = StdRng::seed_from_u64(2);
+        let (theta, u) = (model.init(&ctx, &mut rng), model.init(&ctx, &mut rng));
+        let so = second_order(
+            &ctx,
+            &inst.problem,
+            &model,
+            &inst.omega0,
+            &theta,
+            &u,
+            &inst.inner.z,
+            &inst.inner,
+            ridge,
+            None,
+        );
+        // Closed form: H u = (c/n) Z̃ᵀ (Z̃ U) + λ U with U = [W_u; b_u].
+        let z = inst.inner.z.clone();
+        let zu = z.clone().matmul(u.0[0].clone()) + u.0[1].clone();
+        let scale = c / 50.0;
+        let hw =
+            z.transpose().matmul(zu.clone()).mul_scalar(scale) + u.0[0].clone().mul_scalar(ridge);
+        let hb = zu.clone().sum_dim(0).mul_scalar(scale) + u.0[1].clone().mul_scalar(ridge);
+        let e = rel(&so.hvp, &Params::new(vec![hw, hb]));
+        // And the cross term: ∂_Ω⟨∇_θ G, u⟩ = −(c/n) Tᵀ (Z̃ U).
+        let cross = inst
+            .inner
+            .t
+            .clone()
+            .transpose()
+            .matmul(zu)
+            .mul_scalar(-scale);
+        let e_cross = rel(&so.cross, &Params::new(vec![cross]));
+        println!("quadratic: H u rel err {e:.1e}, cross rel err {e_cross:.1e}");
+        assert!(e < 1e-9 && e_cross < 1e-9, "{e:e} {e_cross:e}");
+    }
+
+    /// On a tanh MLP the reference is a Richardson extrapolation of large-step differences
+    /// (O(ε⁴)); the default step must be close to it in f64 and symmetric (uᵀHw = wᵀHu).
+    #[test]
+    fn accurate_and_symmetric_on_an_mlp() {
+        let ctx = Ctx::flex(Precision::F64);
+        let inst = generate(&ctx, DIMS, 40, 10, 1.0, 0.0, LqOracle::Pointwise, false, 3);
+        let model = Mlp::new(DIMS.d_z, vec![16, 16], DIMS.d_v, Activation::Tanh);
+        let mut rng = StdRng::seed_from_u64(4);
+        let (theta, u, w) = (
+            model.init(&ctx, &mut rng),
+            model.init(&ctx, &mut rng),
+            model.init(&ctx, &mut rng),
+        );
+        let hvp = |dir: &Params, step: Option<f64>| {
+            second_order(
+                &ctx,
+                &inst.problem,
+                &model,
+                &inst.omega0,
+                &theta,
+                dir,
+                &inst.inner.z,
+                &inst.inner,
+                0.0,
+                step,
+            )
+        };
+        let (big, half) = (hvp(&u, Some(1e-3)), hvp(&u, Some(5e-4)));
+        let reference = half.hvp.scale(4.0 / 3.0).axpy(-1.0 / 3.0, &big.hvp);
+        let ref_cross = half.cross.scale(4.0 / 3.0).axpy(-1.0 / 3.0, &big.cross);
+        let default = hvp(&u, None);
+        let (e, e_cross) = (
+            rel(&default.hvp, &reference),
+            rel(&default.cross, &ref_cross),
+        );
+        let sym = (u.dot(&hvp(&w, None).hvp) - w.dot(&default.hvp)).abs()
+            / u.dot(&default.hvp).abs().max(1e-12);
+        println!("tanh MLP f64: H u rel err {e:.1e}, cross {e_cross:.1e}, asymmetry {sym:.1e}");
+        assert!(
+            e < 1e-7 && e_cross < 1e-7 && sym < 1e-7,
+            "{e:e} {e_cross:e} {sym:e}"
+        );
+
+        // The same products in f32 (step cbrt(eps_f32)) against the f64 reference.
+        let c32 = Ctx::flex(Precision::F32);
+        let to32 = |p: &Params| p.from_flat_like(&c32, &p.to_flat());
+        let inst32 = generate(&c32, DIMS, 40, 10, 1.0, 0.0, LqOracle::Pointwise, false, 3);
+        let so32 = second_order(
+            &c32,
+            &inst32.problem,
+            &model,
+            &inst32.omega0,
+            &to32(&theta),
+            &to32(&u),
+            &inst32.inner.z,
+            &inst32.inner,
+            0.0,
+            None,
+        );
+        let e32 = rel(
+            &so32.hvp.from_flat_like(&ctx, &so32.hvp.to_flat()),
+            &reference,
+        );
+        println!("tanh MLP f32: H u rel err {e32:.1e}");
+        assert!(e32 < 1e-3, "{e32:e}");
+    }
+}

@@ -107,3 +107,76 @@ pub fn check_inner_grad_v<P: BilevelProblem>(
     let given = problem.inner_grad_v(&omega, v.clone().detach(), batch);
     crate::ctx::to_vec(&(auto - given.detach()).abs().max())[0]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        ctx::{Precision, to_vec},
+        toy::{LinearQuadratic, LqBatch, LqDims, LqOracle, generate},
+    };
+
+    /// The toy problem without its closed-form curvature, to exercise the fallback.
+    struct NoDiag(LinearQuadratic);
+
+    impl BilevelProblem for NoDiag {
+        type InnerBatch = LqBatch;
+        type OuterBatch = LqBatch;
+        fn inner_inputs(&self, b: &LqBatch) -> Tensor<2> {
+            self.0.inner_inputs(b)
+        }
+        fn outer_inputs(&self, b: &LqBatch) -> Tensor<2> {
+            self.0.outer_inputs(b)
+        }
+        fn inner_loss(&self, o: &Params, v: Tensor<2>, b: &LqBatch) -> Tensor<1> {
+            self.0.inner_loss(o, v, b)
+        }
+        fn outer_loss(&self, o: &Params, v: Tensor<2>, b: &LqBatch) -> Tensor<1> {
+            self.0.outer_loss(o, v, b)
+        }
+        fn inner_grad_v(&self, o: &Params, v: Tensor<2>, b: &LqBatch) -> Tensor<2> {
+            self.0.inner_grad_v(o, v, b)
+        }
+    }
+
+    #[test]
+    fn grad_v_is_consistent_and_the_fd_hvp_equals_the_closed_form() {
+        let ctx = Ctx::flex(Precision::F64);
+        let dims = LqDims {
+            d_z: 3,
+            d_t: 2,
+            d_v: 3,
+            d_y: 2,
+        };
+        let inst = generate(&ctx, dims, 30, 10, 2.5, 0.0, LqOracle::Pointwise, false, 1);
+        let v = ctx.tensor2((0..90).map(|i| (i as f64 * 0.37).sin()).collect(), 30, 3);
+        let a = ctx.tensor2((0..90).map(|i| (i as f64 * 0.11).cos()).collect(), 30, 3);
+        assert!(check_inner_grad_v(&inst.problem, &inst.omega0, &v, &inst.inner) < 1e-12);
+        let exact = to_vec(&inner_hvp_v(
+            &ctx,
+            &inst.problem,
+            &inst.omega0,
+            &v,
+            &a,
+            &inst.inner,
+        ));
+        let fd = to_vec(&inner_hvp_v(
+            &ctx,
+            &NoDiag(inst.problem.clone()),
+            &inst.omega0,
+            &v,
+            &a,
+            &inst.inner,
+        ));
+        let expected: Vec<f64> = to_vec(&a).iter().map(|x| 2.5 * x).collect();
+        for k in 0..90 {
+            assert!((exact[k] - expected[k]).abs() < 1e-14);
+            assert!(
+                (fd[k] - expected[k]).abs() < 1e-9,
+                "{} vs {}",
+                fd[k],
+                expected[k]
+            );
+        }
+    }
+}
