@@ -36,7 +36,7 @@ impl Vector for Params {
 }
 
 /// Conjugate gradient on A x = b from `x0`, at most `iters` products with A; stops early when the
-/// residual norm falls below `tol`·‖b‖. A must be symmetric positive (semi-)definite.
+/// residual norm falls below `tol`·‖b‖. Exact in n steps for symmetric positive definite A.
 pub fn conjugate_gradient<V: Vector>(
     mut apply: impl FnMut(&V) -> V,
     b: &V,
@@ -55,10 +55,11 @@ pub fn conjugate_gradient<V: Vector>(
         }
         let ap = apply(&p);
         let pap = p.dot(&ap);
-        if pap <= 0.0 {
-            // Negative or zero curvature: the direction cannot be used; keep the current iterate.
+        if pap == 0.0 || !pap.is_finite() {
             break;
         }
+        // Negative curvature (a parametric Hessian away from a minimum) is not a stop: like the
+        // reference implementations, AID runs its K iterations; damping is the user's remedy.
         let alpha = rr / pap;
         x = x.axpy(alpha, &p);
         r = r.axpy(-alpha, &ap);
