@@ -172,12 +172,8 @@ fn measure(ctx: &Ctx, depth: usize, method: &MethodConfig) -> (f64, usize) {
 fn matmul_gflops(device: Device, precision: Precision) -> f64 {
     let ctx = Ctx::new(device, precision);
     let opts = (&ctx.device, precision.dtype());
-    let a: Tensor<2> = Tensor::random(
-        [2500, 4096],
-        burn::tensor::Distribution::Default,
-        opts.clone(),
-    )
-    .without_autodiff();
+    let a: Tensor<2> =
+        Tensor::random([2500, 4096], burn::tensor::Distribution::Default, opts).without_autodiff();
     let b: Tensor<2> =
         Tensor::random([4096, 1024], burn::tensor::Distribution::Default, opts).without_autodiff();
     let _ = a.clone().matmul(b.clone()).sum().into_scalar::<f64>();

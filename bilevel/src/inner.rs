@@ -203,3 +203,108 @@ impl InnerSolver {
         Ok((theta, value))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        ctx::Precision,
+        model::{Activation, Mlp},
+        toy::{LqDims, LqOracle, generate},
+    };
+    use rand::{SeedableRng, rngs::StdRng};
+
+    const DIMS: LqDims = LqDims {
+        d_z: 3,
+        d_t: 2,
+        d_v: 2,
+        d_y: 2,
+    };
+
+    /// With the state reset, a second solve equals a fresh solver's solve from the same θ;
+    /// with the state kept, it does not (the moments carry over).
+    #[test]
+    fn optimizer_state_is_kept_or_reset_by_option() {
+        let ctx = Ctx::flex(Precision::F64);
+        let inst = generate(&ctx, DIMS, 30, 10, 1.0, 0.0, LqOracle::Pointwise, false, 1);
+        let model = Mlp::new(DIMS.d_z, vec![4], DIMS.d_v, Activation::Tanh);
+        let theta0 = model.init(&ctx, &mut StdRng::seed_from_u64(0));
+        for keep in [false, true] {
+            let cfg = InnerConfig {
+                steps: 3,
+                optimizer: OptimizerConfig::adam(0.05),
+                keep_optimizer_state: keep,
+                ..InnerConfig::default()
+            };
+            let mut s = InnerSolver::new(cfg.clone());
+            let (t1, _) = s
+                .solve(
+                    &ctx,
+                    &inst.problem,
+                    &model,
+                    &inst.omega0,
+                    &theta0,
+                    &inst.inner,
+                )
+                .unwrap();
+            let (t2, _) = s
+                .solve(&ctx, &inst.problem, &model, &inst.omega0, &t1, &inst.inner)
+                .unwrap();
+            let (fresh, _) = InnerSolver::new(cfg)
+                .solve(&ctx, &inst.problem, &model, &inst.omega0, &t1, &inst.inner)
+                .unwrap();
+            let diff = t2.sub(&fresh).norm();
+            assert_eq!(
+                diff == 0.0,
+                !keep,
+                "keep={keep}: distance to a fresh solve {diff}"
+            );
+        }
+    }
+
+    /// The closed-form head minimises G over [W; b]: its gradient there is zero.
+    #[test]
+    fn closed_form_head_zeroes_the_head_gradient() {
+        let ctx = Ctx::flex(Precision::F64);
+        let inst = generate(&ctx, DIMS, 40, 10, 1.7, 0.0, LqOracle::Pointwise, false, 2);
+        let model = Mlp::new(DIMS.d_z, vec![8], DIMS.d_v, Activation::Relu);
+        let theta0 = model.init(&ctx, &mut StdRng::seed_from_u64(1));
+        let ridge = 0.3;
+        let theta = solve_head(
+            &ctx,
+            &inst.problem,
+            &model,
+            &inst.omega0,
+            &theta0,
+            &inst.inner.z,
+            &inst.inner,
+            ridge,
+        )
+        .unwrap();
+        let (g, _) = inner_grad_theta(
+            &inst.problem,
+            &model,
+            &inst.omega0,
+            &theta,
+            &inst.inner.z,
+            &inst.inner,
+            ridge,
+        );
+        let (g0, _) = inner_grad_theta(
+            &inst.problem,
+            &model,
+            &inst.omega0,
+            &theta0,
+            &inst.inner.z,
+            &inst.inner,
+            ridge,
+        );
+        let head = |p: &Params| Params::new(p.0[p.len() - 2..].to_vec()).norm();
+        assert!(
+            head(&g) < 1e-12 * head(&g0).max(1.0),
+            "{} vs {}",
+            head(&g),
+            head(&g0)
+        );
+    }
+}

@@ -704,3 +704,130 @@ impl NeumannDefault for MethodConfig {
         }
     }
 }
+
+#[test]
+fn funcid_network_adjoint_drives_the_outer_loop_too() {
+    // Same IV-like problem; the adjoint is now a (linear) network trained by Adam, warm-started.
+    let ctx = Ctx::flex(Precision::F64);
+    let dims = LqDims {
+        d_z: 4,
+        d_t: 2,
+        d_v: 2,
+        d_y: 2,
+    };
+    let model = Mlp::new(dims.d_z, vec![], dims.d_v, Activation::Relu);
+    let inst = generate(
+        &ctx,
+        dims,
+        2000,
+        2000,
+        1.0,
+        0.0,
+        LqOracle::LinearFeatures { ridge: 1e-3 },
+        false,
+        9,
+    );
+    let cfg = SolverConfig {
+        inner: InnerConfig {
+            steps: 0,
+            ridge: 1e-3,
+            closed_form_head: true,
+            ..InnerConfig::default()
+        },
+        method: MethodConfig::Funcid {
+            steps: 20,
+            optimizer: OptimizerConfig::adam(0.05),
+            warm_start: true,
+        },
+        outer_optimizer: OptimizerConfig::adam(0.05),
+        seed: 3,
+    };
+    let mut s = Solver::new(
+        ctx.clone(),
+        inst.problem.clone(),
+        model,
+        inst.omega0.clone(),
+        &cfg,
+    );
+    let mut iters = Vec::new();
+    s.run(
+        300,
+        |_| (inst.inner.clone(), inst.outer.clone()),
+        |l| iters.push((l.iteration, l.adjoint_loss.is_some())),
+    )
+    .unwrap();
+    assert_eq!(iters.len(), 300);
+    assert!(
+        iters
+            .iter()
+            .enumerate()
+            .all(|(i, &(it, has_adj))| it == i && has_adj)
+    );
+    let err = rel_err(&s.omega, &inst.omega_true);
+    println!("funcid network adjoint in the outer loop: ‖Ω−Ω*‖/‖Ω*‖ = {err:.4}");
+    assert!(err < 0.1, "{err}");
+}
+
+#[test]
+fn methods_that_need_more_from_the_problem_say_so() {
+    use burn::tensor::Tensor;
+    use funcrl_bilevel::{BilevelError, BilevelProblem, toy::LqBatch};
+    struct Bare(LinearQuadratic);
+    impl BilevelProblem for Bare {
+        type InnerBatch = LqBatch;
+        type OuterBatch = LqBatch;
+        fn inner_inputs(&self, b: &LqBatch) -> Tensor<2> {
+            b.z.clone()
+        }
+        fn outer_inputs(&self, b: &LqBatch) -> Tensor<2> {
+            b.z.clone()
+        }
+        fn inner_loss(&self, o: &Params, v: Tensor<2>, b: &LqBatch) -> Tensor<1> {
+            self.0.inner_loss(o, v, b)
+        }
+        fn outer_loss(&self, o: &Params, v: Tensor<2>, b: &LqBatch) -> Tensor<1> {
+            self.0.outer_loss(o, v, b)
+        }
+        fn inner_grad_v(&self, o: &Params, v: Tensor<2>, b: &LqBatch) -> Tensor<2> {
+            self.0.inner_grad_v(o, v, b)
+        }
+    }
+    let ctx = Ctx::flex(Precision::F64);
+    let inst = generate(&ctx, DIMS, 50, 50, 1.0, 0.1, LqOracle::Pointwise, true, 1);
+    let run = |method: MethodConfig| {
+        let cfg = SolverConfig {
+            inner: InnerConfig {
+                steps: 2,
+                ..InnerConfig::default()
+            },
+            method,
+            outer_optimizer: OptimizerConfig::sgd(0.1),
+            seed: 0,
+        };
+        let mut s = Solver::new(
+            ctx.clone(),
+            Bare(inst.problem.clone()),
+            linear_model(),
+            inst.omega0.clone(),
+            &cfg,
+        );
+        s.step(&inst.inner, &inst.outer).map(|_| ())
+    };
+    assert_eq!(
+        run(MethodConfig::FuncidLinear { ridge: None }),
+        Err(BilevelError::MissingCurvature("funcid_linear"))
+    );
+    assert_eq!(
+        run(MethodConfig::ClosedForm),
+        Err(BilevelError::NoClosedForm)
+    );
+    // FuncID itself falls back to finite differences of ∂_v ℓ_in and works.
+    assert!(
+        run(MethodConfig::Funcid {
+            steps: 3,
+            optimizer: OptimizerConfig::adam(1e-3),
+            warm_start: true
+        })
+        .is_ok()
+    );
+}

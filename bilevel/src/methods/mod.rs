@@ -210,7 +210,7 @@ impl MethodConfig {
 }
 
 /// L_out at v = h_θ(x_out) and D = ∂L_out/∂v (mean-scaled, `[m, d_v]`), ω held constant.
-pub(crate) fn outer_value_and_grad_v<P: BilevelProblem>(
+pub fn outer_value_and_grad_v<P: BilevelProblem>(
     problem: &P,
     omega: &Params,
     v_out: &Tensor<2>,
@@ -227,7 +227,7 @@ pub(crate) fn outer_value_and_grad_v<P: BilevelProblem>(
 
 /// The functional total gradient once an adjoint is known (SPEC §1, step 4):
 /// ∂_ω L_out(ω, v_out) + ∂_ω mean_b ⟨∂_v ℓ_in(ω, v_b), a_b⟩ with v and a held fixed — one backward.
-pub(crate) fn total_from_adjoint<P: BilevelProblem>(
+pub fn total_from_adjoint<P: BilevelProblem>(
     problem: &P,
     omega: &Params,
     v_in: &Tensor<2>,
@@ -246,7 +246,7 @@ pub(crate) fn total_from_adjoint<P: BilevelProblem>(
 }
 
 /// (∇_θ L_out, ∂_ω L_out, L_out) at (ω, θ), one backward.
-pub(crate) fn outer_param_grads<P: BilevelProblem, M: InnerModel>(
+pub fn outer_param_grads<P: BilevelProblem, M: InnerModel>(
     problem: &P,
     model: &M,
     omega: &Params,
