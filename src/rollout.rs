@@ -117,7 +117,7 @@ fn parse_actions(env: &str, space: &Space, raw: &[f64]) -> Result<Vec<SpaceSampl
             .collect(),
         Space::Box { low, .. } => {
             let d = low.len();
-            if raw.len() % d != 0 {
+            if !raw.len().is_multiple_of(d) {
                 return Err(UsageError::new(format!(
                     "{} action numbers given, but {env} takes actions of {d} numbers each",
                     raw.len()

@@ -7,6 +7,10 @@ use rand::{Rng, RngExt};
 use crate::classic::{Dynamics, Kwargs, check_known_keys, kwarg, parse_bool, parse_discrete};
 use crate::core::{Action, EnvError};
 use crate::space::Space;
+use crate::trig::{SMALL_ANGLE, sin_cos_small};
+
+/// Copies stepped together by the vectorised kernel (two AVX2 registers of f64).
+const LANES: usize = 8;
 
 /// Gymnasium's `kinematics_integrator`: `"euler"` (default) or `"semi-implicit euler"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +90,228 @@ impl CartPole {
     }
 }
 
+impl CartPole {
+    /// One step of the equations of motion given sin and cos of the angle, in gymnasium's operation
+    /// order; returns `(reward, terminated)`.
+    #[inline(always)]
+    fn advance(
+        &self,
+        s: &mut [f64; 4],
+        sintheta: f64,
+        costheta: f64,
+        push_right: bool,
+    ) -> (f64, bool) {
+        let [mut x, mut x_dot, mut theta, mut theta_dot] = *s;
+        let total_mass = self.masspole + self.masscart;
+        let polemass_length = self.masspole * self.length;
+        let force = if push_right {
+            self.force_mag
+        } else {
+            -self.force_mag
+        };
+        // Same association as gymnasium, so results agree to the last bit.
+        let temp = (force + polemass_length * (theta_dot * theta_dot) * sintheta) / total_mass;
+        let thetaacc = (self.gravity * sintheta - costheta * temp)
+            / (self.length * (4.0 / 3.0 - self.masspole * (costheta * costheta) / total_mass));
+        let xacc = temp - polemass_length * thetaacc * costheta / total_mass;
+        match self.kinematics_integrator {
+            Integrator::Euler => {
+                x += self.tau * x_dot;
+                x_dot += self.tau * xacc;
+                theta += self.tau * theta_dot;
+                theta_dot += self.tau * thetaacc;
+            }
+            Integrator::SemiImplicitEuler => {
+                x_dot += self.tau * xacc;
+                x += self.tau * x_dot;
+                theta_dot += self.tau * thetaacc;
+                theta += self.tau * theta_dot;
+            }
+        }
+        *s = [x, x_dot, theta, theta_dot];
+        let terminated = x < -self.x_threshold
+            || x > self.x_threshold
+            || theta < -self.theta_threshold_radians
+            || theta > self.theta_threshold_radians;
+        let reward = match (terminated, self.sutton_barto_reward) {
+            (_, false) => 1.0,
+            (false, true) => 0.0,
+            (true, true) => -1.0,
+        };
+        (reward, terminated)
+    }
+
+    /// [`CartPole::advance`] on [`LANES`] copies, one operation at a time across the copies so that
+    /// every line becomes a SIMD instruction. Copies with `skip` keep their state.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn block(
+        &self,
+        x: &mut [f64; LANES],
+        xd: &mut [f64; LANES],
+        th: &mut [f64; LANES],
+        thd: &mut [f64; LANES],
+        act: &[bool; LANES],
+        skip: &[bool; LANES],
+    ) -> ([f64; LANES], [bool; LANES]) {
+        let (mut sn, mut cs) = ([0.0; LANES], [0.0; LANES]);
+        if th.iter().all(|t| t.abs() <= SMALL_ANGLE) {
+            for k in 0..LANES {
+                (sn[k], cs[k]) = sin_cos_small(th[k]);
+            }
+        } else {
+            for k in 0..LANES {
+                (sn[k], cs[k]) = (th[k].sin(), th[k].cos());
+            }
+        }
+        let total_mass = self.masspole + self.masscart;
+        let polemass_length = self.masspole * self.length;
+        let (g, l, mp, tau, fm) = (
+            self.gravity,
+            self.length,
+            self.masspole,
+            self.tau,
+            self.force_mag,
+        );
+        // One statement per loop: the compiler's SLP vectoriser handles these reliably.
+        let sign: [f64; LANES] = std::array::from_fn(|k| 2.0 * f64::from(u8::from(act[k])) - 1.0);
+        let mut temp = [0.0; LANES];
+        for k in 0..LANES {
+            temp[k] = (fm * sign[k] + polemass_length * (thd[k] * thd[k]) * sn[k]) / total_mass;
+        }
+        let mut thacc = [0.0; LANES];
+        for k in 0..LANES {
+            thacc[k] = (g * sn[k] - cs[k] * temp[k])
+                / (l * (4.0 / 3.0 - mp * (cs[k] * cs[k]) / total_mass));
+        }
+        let mut xacc = [0.0; LANES];
+        for k in 0..LANES {
+            xacc[k] = temp[k] - polemass_length * thacc[k] * cs[k] / total_mass;
+        }
+        let (mut nx, mut nxd, mut nth, mut nthd) = (*x, *xd, *th, *thd);
+        match self.kinematics_integrator {
+            Integrator::Euler => {
+                for k in 0..LANES {
+                    nx[k] = x[k] + tau * xd[k];
+                    nxd[k] = xd[k] + tau * xacc[k];
+                    nth[k] = th[k] + tau * thd[k];
+                    nthd[k] = thd[k] + tau * thacc[k];
+                }
+            }
+            Integrator::SemiImplicitEuler => {
+                for k in 0..LANES {
+                    nxd[k] = xd[k] + tau * xacc[k];
+                    nx[k] = x[k] + tau * nxd[k];
+                    nthd[k] = thd[k] + tau * thacc[k];
+                    nth[k] = th[k] + tau * nthd[k];
+                }
+            }
+        }
+        let (xt, tt) = (self.x_threshold, self.theta_threshold_radians);
+        let (r_alive, r_end) = if self.sutton_barto_reward {
+            (0.0, -1.0)
+        } else {
+            (1.0, 1.0)
+        };
+        let (mut rew, mut term) = ([0.0; LANES], [false; LANES]);
+        for k in 0..LANES {
+            term[k] = (nx[k] < -xt) | (nx[k] > xt) | (nth[k] < -tt) | (nth[k] > tt);
+            rew[k] = if term[k] { r_end } else { r_alive };
+            if !skip[k] {
+                (x[k], xd[k], th[k], thd[k]) = (nx[k], nxd[k], nth[k], nthd[k]);
+            }
+        }
+        (rew, term)
+    }
+
+    // The block body compiled twice: for the baseline target and, chosen at run time, for AVX2.
+    // Kept out of line: inlined into the big loop the compiler stops vectorising it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn block_base(
+        &self,
+        x: &mut [f64; LANES],
+        xd: &mut [f64; LANES],
+        th: &mut [f64; LANES],
+        thd: &mut [f64; LANES],
+        act: &[bool; LANES],
+        skip: &[bool; LANES],
+    ) -> ([f64; LANES], [bool; LANES]) {
+        self.block(x, xd, th, thd, act, skip)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    #[target_feature(enable = "avx2")]
+    fn block_avx2(
+        &self,
+        x: &mut [f64; LANES],
+        xd: &mut [f64; LANES],
+        th: &mut [f64; LANES],
+        thd: &mut [f64; LANES],
+        act: &[bool; LANES],
+        skip: &[bool; LANES],
+    ) -> ([f64; LANES], [bool; LANES]) {
+        self.block(x, xd, th, thd, act, skip)
+    }
+
+    fn step_batch_lanes(
+        &self,
+        state: &mut [f64],
+        actions: &[bool],
+        skip: &[bool],
+        rewards: &mut [f64],
+        terminated: &mut [bool],
+        avx2: bool,
+    ) {
+        let n = actions.len();
+        let (xs, rest) = state.split_at_mut(n);
+        let (xds, rest) = rest.split_at_mut(n);
+        let (ths, thds) = rest.split_at_mut(n);
+        let full = n - n % LANES;
+        for base in (0..full).step_by(LANES) {
+            let r = base..base + LANES;
+            let mut x: [f64; LANES] = xs[r.clone()].try_into().expect("block");
+            let mut xd: [f64; LANES] = xds[r.clone()].try_into().expect("block");
+            let mut th: [f64; LANES] = ths[r.clone()].try_into().expect("block");
+            let mut thd: [f64; LANES] = thds[r.clone()].try_into().expect("block");
+            let act: &[bool; LANES] = actions[r.clone()].try_into().expect("block");
+            let skp: &[bool; LANES] = skip[r.clone()].try_into().expect("block");
+            #[cfg(target_arch = "x86_64")]
+            let (rew, term) = if avx2 {
+                // SAFETY: `avx2` is true only when the CPU was detected to support AVX2.
+                unsafe { self.block_avx2(&mut x, &mut xd, &mut th, &mut thd, act, skp) }
+            } else {
+                self.block_base(&mut x, &mut xd, &mut th, &mut thd, act, skp)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let (rew, term) = {
+                let _ = avx2;
+                self.block_base(&mut x, &mut xd, &mut th, &mut thd, act, skp)
+            };
+            xs[r.clone()].copy_from_slice(&x);
+            xds[r.clone()].copy_from_slice(&xd);
+            ths[r.clone()].copy_from_slice(&th);
+            thds[r.clone()].copy_from_slice(&thd);
+            for k in 0..LANES {
+                if !skp[k] {
+                    rewards[base + k] = rew[k];
+                    terminated[base + k] = term[k];
+                }
+            }
+        }
+        for i in full..n {
+            if !skip[i] {
+                let mut s = [xs[i], xds[i], ths[i], thds[i]];
+                let (sn, cs) = (s[2].sin(), s[2].cos());
+                (rewards[i], terminated[i]) = self.advance(&mut s, sn, cs, actions[i]);
+                [xs[i], xds[i], ths[i], thds[i]] = s;
+            }
+        }
+    }
+}
+
 impl Dynamics for CartPole {
     const STATE_DIM: usize = 4;
     const OBS_DIM: usize = 4;
@@ -110,6 +336,7 @@ impl Dynamics for CartPole {
         Space::discrete(2)
     }
 
+    #[inline]
     fn parse_action(&self, action: Action<'_>) -> Result<bool, EnvError> {
         parse_discrete("CartPole", 2, action).map(|a| a == 1)
     }
@@ -122,49 +349,31 @@ impl Dynamics for CartPole {
 
     #[inline]
     fn step_state(&self, state: &mut [f64], push_right: bool) -> (f64, bool) {
-        let (mut x, mut x_dot, mut theta, mut theta_dot) = (state[0], state[1], state[2], state[3]);
-        let total_mass = self.masspole + self.masscart;
-        let polemass_length = self.masspole * self.length;
-        let force = if push_right {
-            self.force_mag
-        } else {
-            -self.force_mag
-        };
-        let costheta = theta.cos();
-        let sintheta = theta.sin();
-        // Same association as gymnasium, so results agree to the last bit.
-        let temp = (force + polemass_length * (theta_dot * theta_dot) * sintheta) / total_mass;
-        let thetaacc = (self.gravity * sintheta - costheta * temp)
-            / (self.length * (4.0 / 3.0 - self.masspole * (costheta * costheta) / total_mass));
-        let xacc = temp - polemass_length * thetaacc * costheta / total_mass;
-        match self.kinematics_integrator {
-            Integrator::Euler => {
-                x += self.tau * x_dot;
-                x_dot += self.tau * xacc;
-                theta += self.tau * theta_dot;
-                theta_dot += self.tau * thetaacc;
-            }
-            Integrator::SemiImplicitEuler => {
-                x_dot += self.tau * xacc;
-                x += self.tau * x_dot;
-                theta_dot += self.tau * thetaacc;
-                theta += self.tau * theta_dot;
-            }
-        }
-        state[0] = x;
-        state[1] = x_dot;
-        state[2] = theta;
-        state[3] = theta_dot;
-        let terminated = x < -self.x_threshold
-            || x > self.x_threshold
-            || theta < -self.theta_threshold_radians
-            || theta > self.theta_threshold_radians;
-        let reward = match (terminated, self.sutton_barto_reward) {
-            (false, false) | (true, false) => 1.0,
-            (false, true) => 0.0,
-            (true, true) => -1.0,
-        };
-        (reward, terminated)
+        let (sintheta, costheta) = (state[2].sin(), state[2].cos());
+        let mut s = [state[0], state[1], state[2], state[3]];
+        let out = self.advance(&mut s, sintheta, costheta, push_right);
+        state.copy_from_slice(&s);
+        out
+    }
+
+    /// The same physics as `step_state` on blocks of [`LANES`] copies: plain loops over fixed-size
+    /// arrays that the compiler turns into SIMD code (AVX2 when the CPU has it). Sine and cosine
+    /// come from [`sin_cos_small`] when every angle of the block is below [`SMALL_ANGLE`] (always,
+    /// for non-terminated CartPole states), else from libm; the rest is the same IEEE arithmetic as
+    /// the single env, so a copy differs from it only through a rare one-ulp sine or cosine.
+    fn step_batch(
+        &self,
+        state: &mut [f64],
+        actions: &[bool],
+        skip: &[bool],
+        rewards: &mut [f64],
+        terminated: &mut [bool],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        self.step_batch_lanes(state, actions, skip, rewards, terminated, avx2);
     }
 
     #[inline]

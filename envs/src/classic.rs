@@ -37,6 +37,36 @@ pub trait Dynamics: Clone + Send + Sync + 'static {
     fn step_state(&self, state: &mut [f64], action: Self::Act) -> (f64, bool);
     /// Writes the observation of `state` into `out` (length `OBS_DIM`).
     fn observe(&self, state: &[f64], out: &mut [f32]);
+
+    /// Steps every copy `i` with `!skip[i]` of a structure-of-arrays batch: `state` holds
+    /// `STATE_DIM` columns of length `n`. Writes `rewards[i]` and `terminated[i]` for the stepped
+    /// copies and leaves the skipped ones untouched. The default goes copy by copy through
+    /// [`Dynamics::step_state`]; an environment may override it with a vectorised kernel.
+    fn step_batch(
+        &self,
+        state: &mut [f64],
+        actions: &[Self::Act],
+        skip: &[bool],
+        rewards: &mut [f64],
+        terminated: &mut [bool],
+    ) {
+        let n = actions.len();
+        let mut s = [0.0; MAX_STATE_DIM];
+        for i in 0..n {
+            if skip[i] {
+                continue;
+            }
+            for (d, v) in s.iter_mut().enumerate().take(Self::STATE_DIM) {
+                *v = state[d * n + i];
+            }
+            let (r, t) = self.step_state(&mut s[..Self::STATE_DIM], actions[i]);
+            for (d, v) in s.iter().enumerate().take(Self::STATE_DIM) {
+                state[d * n + i] = *v;
+            }
+            rewards[i] = r;
+            terminated[i] = t;
+        }
+    }
 }
 
 /// Where an episode stands; stepping is only allowed while `Running`.
@@ -168,15 +198,22 @@ impl<D: Dynamics> Env for ClassicEnv<D> {
     }
 }
 
-/// Validates a discrete action against `0..n`.
+/// Validates a discrete action against `0..n`. Inlined: it runs once per copy per vector step.
+#[inline]
 pub(crate) fn parse_discrete(env: &str, n: i64, action: Action<'_>) -> Result<i64, EnvError> {
     match action {
         Action::Discrete(a) if (0..n).contains(&a) => Ok(a),
-        other => Err(EnvError::InvalidAction {
-            env: env.into(),
-            action: format!("{other:?}"),
-            expected: format!("Discrete({n}): an integer in 0..={}", n - 1),
-        }),
+        other => Err(invalid_discrete(env, n, other)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn invalid_discrete(env: &str, n: i64, action: Action<'_>) -> EnvError {
+    EnvError::InvalidAction {
+        env: env.into(),
+        action: format!("{action:?}"),
+        expected: format!("Discrete({n}): an integer in 0..={}", n - 1),
     }
 }
 

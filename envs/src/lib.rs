@@ -21,6 +21,7 @@ pub mod mountain_car;
 pub mod pendulum;
 pub mod registry;
 pub mod space;
+pub mod trig;
 pub mod vector;
 pub mod wrappers;
 

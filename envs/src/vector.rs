@@ -45,6 +45,8 @@ pub trait VectorEnv {
     fn step(&mut self, actions: VecAction<'_>) -> Result<VecStep<'_>, EnvError>;
     /// Internal state of copy `i`.
     fn state(&self, i: usize) -> Vec<f64>;
+    /// Puts copy `i` in `state` (its episode counters are kept; a pending autoreset is cancelled).
+    fn set_state(&mut self, i: usize, state: &[f64]) -> Result<(), EnvError>;
 }
 
 /// N copies of `D` in structure-of-arrays layout: state dimension `d` of every copy is
@@ -121,14 +123,14 @@ impl<D: Dynamics> SyncVectorEnv<D> {
         }
     }
 
-    fn reset_copy(&mut self, i: usize) {
+    fn reset_copy(&mut self, i: usize, now: Instant) {
         let mut s = [0.0; MAX_STATE_DIM];
         self.dynamics
             .reset_state(&mut self.rngs[i], &mut s[..D::STATE_DIM]);
         self.scatter(i, &s);
         self.elapsed[i] = 0;
         self.episode_return[i] = 0.0;
-        self.episode_start[i] = Instant::now();
+        self.episode_start[i] = now;
         self.observe_copy(i, &s);
     }
 
@@ -200,8 +202,9 @@ impl<D: Dynamics> VectorEnv for SyncVectorEnv<D> {
                 *rng = EnvRng::seed_from_u64(seed.wrapping_add(i as u64));
             }
         }
+        let now = Instant::now();
         for i in 0..self.n {
-            self.reset_copy(i);
+            self.reset_copy(i, now);
             self.autoreset[i] = false;
             self.episode[i] = None;
         }
@@ -217,38 +220,50 @@ impl<D: Dynamics> VectorEnv for SyncVectorEnv<D> {
             });
         }
         self.parse_actions(actions)?;
+        // One clock read per call, not per copy: episode wall times share it.
+        let now = Instant::now();
+        // Copies that ended last step reset now and ignore their action (next-step autoreset).
         for i in 0..self.n {
             if self.autoreset[i] {
-                self.reset_copy(i);
+                self.reset_copy(i, now);
                 self.rewards[i] = 0.0;
                 self.terminated[i] = false;
                 self.truncated[i] = false;
                 self.episode[i] = None;
+            }
+        }
+        // Physics for all other copies in one call, so an environment can vectorise it.
+        self.dynamics.step_batch(
+            &mut self.state,
+            &self.actions,
+            &self.autoreset,
+            &mut self.rewards,
+            &mut self.terminated,
+        );
+        for i in 0..self.n {
+            if self.autoreset[i] {
                 self.autoreset[i] = false;
                 continue;
             }
-            let mut s = self.gather(i);
-            let (reward, term) = self
-                .dynamics
-                .step_state(&mut s[..D::STATE_DIM], self.actions[i]);
-            self.scatter(i, &s);
+            let s = self.gather(i);
             self.observe_copy(i, &s);
             self.elapsed[i] += 1;
-            let trunc = self.max_episode_steps.is_some_and(|m| self.elapsed[i] >= m);
-            self.episode_return[i] += reward;
-            self.rewards[i] = reward;
-            self.terminated[i] = term;
+            let (term, trunc) = (
+                self.terminated[i],
+                self.max_episode_steps.is_some_and(|m| self.elapsed[i] >= m),
+            );
+            self.episode_return[i] += self.rewards[i];
             self.truncated[i] = trunc;
-            self.episode[i] = if term || trunc {
-                Some(EpisodeStatistics {
+            if term || trunc {
+                self.episode[i] = Some(EpisodeStatistics {
                     r: self.episode_return[i],
                     l: self.elapsed[i],
-                    t: self.episode_start[i].elapsed().as_secs_f64(),
-                })
-            } else {
-                None
-            };
-            self.autoreset[i] = term || trunc;
+                    t: now.duration_since(self.episode_start[i]).as_secs_f64(),
+                });
+                self.autoreset[i] = true;
+            }
+            // Otherwise `episode[i]` is already None: only a copy that ended holds Some, and it
+            // was reset (and cleared) at the top of this call.
         }
         Ok(VecStep {
             obs: &self.obs,
@@ -262,6 +277,35 @@ impl<D: Dynamics> VectorEnv for SyncVectorEnv<D> {
     fn state(&self, i: usize) -> Vec<f64> {
         self.gather(i)[..D::STATE_DIM].to_vec()
     }
+
+    fn set_state(&mut self, i: usize, state: &[f64]) -> Result<(), EnvError> {
+        let why = if i >= self.n {
+            Some(format!("copy {i} does not exist (num_envs = {})", self.n))
+        } else if state.len() != D::STATE_DIM {
+            Some(format!(
+                "expected {} values, got {}",
+                D::STATE_DIM,
+                state.len()
+            ))
+        } else if state.iter().any(|v| !v.is_finite()) {
+            Some("values must be finite".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(EnvError::InvalidState {
+                env: self.id.into(),
+                state: state.to_vec(),
+                why,
+            });
+        }
+        let mut s = [0.0; MAX_STATE_DIM];
+        s[..D::STATE_DIM].copy_from_slice(state);
+        self.scatter(i, &s);
+        self.observe_copy(i, &s);
+        self.autoreset[i] = false;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -273,55 +317,134 @@ mod tests {
     use crate::pendulum::Pendulum;
     use crate::wrappers::TimeLimit;
 
-    /// Copy `i` of a vector env seeded with `s` must follow, bit for bit, a single env seeded
-    /// with `s + i` under the same actions, through terminations and next-step autoresets.
-    #[test]
-    fn vector_copies_match_single_envs_through_autoreset() {
-        let n = 5;
-        let mut venv = SyncVectorEnv::new("CartPole-v1", CartPole::default(), n, Some(40));
+    use crate::acrobot::Acrobot;
+    use crate::classic::Dynamics;
+    use crate::mountain_car::MountainCar;
+
+    /// Copy `i` of a vector env seeded with `s` must follow a single env seeded with `s + i` under
+    /// the same actions, through terminations, truncations and next-step autoresets: state within
+    /// `tol` (0 = bit for bit), identical rewards and flags. Returns (episode ends, autoresets).
+    fn check_against_singles<D: Dynamics>(
+        id: &'static str,
+        d: D,
+        n: usize,
+        steps: usize,
+        limit: u64,
+        tol: f64,
+    ) -> (usize, usize) {
+        let mut venv = SyncVectorEnv::new(id, d.clone(), n, Some(limit));
         let mut singles: Vec<_> = (0..n)
-            .map(|_| TimeLimit::new(ClassicEnv::new("CartPole-v1", CartPole::default()), 40))
+            .map(|_| TimeLimit::new(ClassicEnv::new(id, d.clone()), limit))
             .collect();
+        let od = D::OBS_DIM;
         let obs0 = venv.reset(Some(100)).to_vec();
-        let mut pending_reset = vec![false; n];
         for (i, env) in singles.iter_mut().enumerate() {
             let (o, _) = env.reset(Some(100 + i as u64));
-            assert_eq!(&obs0[i * 4..i * 4 + 4], &o[..]);
+            assert_eq!(&obs0[i * od..(i + 1) * od], &o[..]);
         }
+        let n_act = venv.single_action_space().flat_dim() as i64;
+        let mut pending_reset = vec![false; n];
         let (mut ends, mut autoresets) = (0, 0);
-        for t in 0..300 {
+        for t in 0..steps {
             // A fixed pseudo-random action pattern, different per copy.
-            let actions: Vec<i64> = (0..n).map(|i| ((t * 7 + i * 3) % 5 % 2) as i64).collect();
+            let actions: Vec<i64> = (0..n)
+                .map(|i| ((t * 7 + i * 3) % 5) as i64 % n_act)
+                .collect();
             let out = venv.step(VecAction::Discrete(&actions)).unwrap();
+            let (obs, rewards, term, trunc) = (
+                out.obs.to_vec(),
+                out.rewards.to_vec(),
+                out.terminated.to_vec(),
+                out.truncated.to_vec(),
+            );
+            let has_episode: Vec<bool> = out.episode.iter().map(Option::is_some).collect();
             for (i, env) in singles.iter_mut().enumerate() {
+                let ctx = format!("{id} t={t} copy={i}");
                 if pending_reset[i] {
-                    // Copies after an end reset from their own stream: same as reset(None).
+                    // After an end a copy resets from its own stream: the same as reset(None).
                     let (o, _) = env.reset(None);
-                    assert_eq!(&out.obs[i * 4..i * 4 + 4], &o[..]);
-                    assert_eq!(out.rewards[i], 0.0);
-                    assert!(!out.terminated[i] && !out.truncated[i] && out.episode[i].is_none());
+                    assert_eq!(&obs[i * od..(i + 1) * od], &o[..], "{ctx}");
+                    assert_eq!(rewards[i], 0.0);
+                    assert!(!term[i] && !trunc[i] && !has_episode[i], "{ctx}");
                     pending_reset[i] = false;
                     autoresets += 1;
                     continue;
                 }
                 let s = env.step(Action::Discrete(actions[i])).unwrap();
-                assert_eq!(&out.obs[i * 4..i * 4 + 4], &s.obs[..], "t={t} copy={i}");
-                assert_eq!(out.rewards[i], s.reward);
-                assert_eq!(
-                    (out.terminated[i], out.truncated[i]),
-                    (s.terminated, s.truncated)
-                );
-                assert_eq!(out.episode[i].is_some(), s.done());
+                for (a, b) in venv.state(i).iter().zip(env.state()) {
+                    assert!(
+                        (a - b).abs() <= tol * b.abs().max(1.0),
+                        "{ctx}: {:?} vs {:?}",
+                        venv.state(i),
+                        env.state()
+                    );
+                }
+                if tol == 0.0 {
+                    assert_eq!(&obs[i * od..(i + 1) * od], &s.obs[..], "{ctx}");
+                }
+                assert_eq!(rewards[i], s.reward, "{ctx}");
+                assert_eq!((term[i], trunc[i]), (s.terminated, s.truncated), "{ctx}");
+                assert_eq!(has_episode[i], s.done(), "{ctx}");
                 if s.done() {
                     pending_reset[i] = true;
                     ends += 1;
                 }
             }
         }
+        (ends, autoresets)
+    }
+
+    #[test]
+    fn generic_vector_path_is_bit_identical_to_single_envs() {
+        let (ends, resets) =
+            check_against_singles("Acrobot-v1", Acrobot::default(), 5, 200, 30, 0.0);
+        assert!(ends >= 25 && resets >= 25, "{ends} {resets}");
+        let (ends, resets) =
+            check_against_singles("MountainCar-v0", MountainCar::default(), 11, 200, 25, 0.0);
+        assert!(ends >= 50 && resets >= 50, "{ends} {resets}");
+    }
+
+    /// The vectorised CartPole kernel (blocks of 8 plus a scalar tail: 19 copies) stays within
+    /// 1e-12 of the single env; it differs at all only through one-ulp sines and cosines.
+    #[test]
+    fn cartpole_kernel_tracks_single_envs() {
+        let (ends, resets) =
+            check_against_singles("CartPole-v1", CartPole::default(), 19, 400, 40, 1e-12);
         assert!(
-            ends > 10 && autoresets > 10,
-            "ends {ends}, autoresets {autoresets}"
+            ends > 100 && resets > 100,
+            "ends {ends}, autoresets {resets}"
         );
+        let semi = CartPole {
+            kinematics_integrator: crate::cartpole::Integrator::SemiImplicitEuler,
+            sutton_barto_reward: true,
+            ..CartPole::default()
+        };
+        check_against_singles("CartPole-v1", semi, 16, 200, 40, 1e-12);
+    }
+
+    /// A block with an angle beyond the polynomial range falls back to libm: bit-identical.
+    #[test]
+    fn cartpole_kernel_large_angles_use_libm() {
+        let mut venv = SyncVectorEnv::new("CartPole-v1", CartPole::default(), 8, Some(500));
+        venv.reset(Some(0));
+        let states: Vec<[f64; 4]> = (0..8)
+            .map(|i| [0.1 * i as f64, -0.3, 0.02 * i as f64 - 0.05, 0.4])
+            .collect();
+        let mut states = states;
+        states[5][2] = 1.3;
+        for (i, s) in states.iter().enumerate() {
+            venv.set_state(i, s).unwrap();
+        }
+        let actions: Vec<i64> = (0..8).map(|i| i % 2).collect();
+        venv.step(VecAction::Discrete(&actions)).unwrap();
+        for (i, s) in states.iter().enumerate() {
+            let mut single = ClassicEnv::new("CartPole-v1", CartPole::default());
+            single.set_state(s).unwrap();
+            single.step(Action::Discrete(actions[i])).unwrap();
+            assert_eq!(venv.state(i), single.state(), "copy {i}");
+        }
+        assert!(venv.set_state(8, &[0.0; 4]).is_err());
+        assert!(venv.set_state(0, &[0.0; 3]).is_err());
     }
 
     #[test]
