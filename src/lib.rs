@@ -8,3 +8,5 @@ pub mod config;
 pub mod rollout;
 
 pub use funcrl_envs as envs;
+pub mod plot;
+pub mod rundir;

@@ -1,0 +1,320 @@
+//! Run directories: every run writes its resolved config, seed, code version and logs into
+//! `{root}/{task}__{experiment}__{seed}__{time}` (CleanRL's naming), and every file goes through
+//! [`write_atomic`], so a killed run never leaves a half-written file behind.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// `funcrl <version> (<git describe>)`: the code a run was produced by.
+pub fn code_version() -> String {
+    format!(
+        "funcrl {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        env!("FUNCRL_GIT")
+    )
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
+/// Readers see the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Like [`write_atomic`] for writers that need a path (HDF5, PNG): `write` fills a temporary path,
+/// which is then renamed over `path`.
+pub fn write_atomic_with<E: From<io::Error>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Keep the extension last: some writers pick the format from it.
+    let tmp = dir.join(format!(".tmp{}.{name}", std::process::id()));
+    match write(&tmp) {
+        Ok(()) => {
+            fs::rename(&tmp, path)?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// UTC time as `YYYYmmddTHHMMSS`, safe in file names on every platform.
+pub fn timestamp(t: SystemTime) -> String {
+    let s = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-25T16:30:00Z
+    s.trim_end_matches('Z').replace(['-', ':'], "")
+}
+
+/// What `meta.json` records about a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunMeta {
+    pub seed: u64,
+    pub code_version: String,
+    pub command_line: Vec<String>,
+    pub started: String,
+}
+
+/// A run's directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates `{root}/{parts joined by "__"}__{seed}__{time}` and writes `config.toml` (the resolved
+    /// config, as the run will use it) and `meta.json` (seed, code version, command line, start).
+    pub fn create<C: Serialize>(
+        root: &Path,
+        parts: &[&str],
+        seed: u64,
+        config: &C,
+    ) -> io::Result<RunDir> {
+        let now = SystemTime::now();
+        let mut name = parts.join("__");
+        name.push_str(&format!("__{seed}__{}", timestamp(now)));
+        let mut path = root.join(&name);
+        // Two runs started in the same second get distinct directories.
+        let mut k = 1;
+        while path.exists() {
+            path = root.join(format!("{name}-{k}"));
+            k += 1;
+        }
+        fs::create_dir_all(&path)?;
+        let run = RunDir { path };
+        run.write_config(config)?;
+        let meta = RunMeta {
+            seed,
+            code_version: code_version(),
+            command_line: std::env::args().collect(),
+            started: humantime::format_rfc3339_seconds(now).to_string(),
+        };
+        run.write(
+            "meta.json",
+            serde_json::to_string_pretty(&meta)
+                .expect("serializable")
+                .as_bytes(),
+        )?;
+        Ok(run)
+    }
+
+    /// Opens an existing run directory (for `--resume`).
+    pub fn open(path: &Path) -> io::Result<RunDir> {
+        if !path.join("config.toml").is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not a run directory (no config.toml)", path.display()),
+            ));
+        }
+        Ok(RunDir {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes `config.toml` atomically.
+    pub fn write_config<C: Serialize>(&self, config: &C) -> io::Result<()> {
+        let text = toml::to_string_pretty(config)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        self.write("config.toml", text.as_bytes())
+    }
+
+    /// Writes a file of the run directory atomically.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        write_atomic(&self.file(name), bytes)
+    }
+
+    /// Appends a line to `run.log` (and prints it on stderr).
+    pub fn log(&self, line: &str) -> io::Result<()> {
+        eprintln!("{line}");
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.file("run.log"))?;
+        writeln!(f, "{line}")
+    }
+}
+
+/// A CSV log with fixed column names, one row per record, flushed on every row so that a killed
+/// run keeps its history. `resume` keeps the rows whose first column is below `keep_below` (the
+/// rows a checkpoint has already accounted for) and appends after them.
+pub struct CsvLog {
+    out: BufWriter<File>,
+    columns: usize,
+}
+
+impl CsvLog {
+    pub fn create(path: &Path, header: &[&str]) -> io::Result<CsvLog> {
+        let mut out = BufWriter::new(File::create(path)?);
+        writeln!(out, "{}", header.join(","))?;
+        out.flush()?;
+        Ok(CsvLog {
+            out,
+            columns: header.len(),
+        })
+    }
+
+    pub fn resume(path: &Path, header: &[&str], keep_below: f64) -> io::Result<CsvLog> {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        let mut kept = vec![header.join(",")];
+        for line in text.lines().skip(1) {
+            let first = line.split(',').next().and_then(|v| v.parse::<f64>().ok());
+            if first.is_some_and(|v| v < keep_below) {
+                kept.push(line.to_string());
+            }
+        }
+        write_atomic(path, (kept.join("\n") + "\n").as_bytes())?;
+        let out = BufWriter::new(OpenOptions::new().append(true).open(path)?);
+        Ok(CsvLog {
+            out,
+            columns: header.len(),
+        })
+    }
+
+    /// Appends one row; panics if the row has the wrong number of values (a programming error).
+    pub fn row(&mut self, values: &[f64]) -> io::Result<()> {
+        assert_eq!(values.len(), self.columns, "CSV row width");
+        let cells: Vec<String> = values.iter().map(|v| format!("{v}")).collect();
+        writeln!(self.out, "{}", cells.join(","))?;
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("funcrl-test-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[derive(Serialize)]
+    struct Cfg {
+        env: String,
+        lr: f64,
+    }
+
+    #[test]
+    fn run_dir_holds_config_seed_version_and_log() {
+        let root = tmpdir("rundir");
+        let cfg = Cfg {
+            env: "CartPole-v1".into(),
+            lr: 1e-3,
+        };
+        let a = RunDir::create(&root, &["CartPole-v1", "funcid"], 7, &cfg).unwrap();
+        let b = RunDir::create(&root, &["CartPole-v1", "funcid"], 7, &cfg).unwrap();
+        assert_ne!(a.path(), b.path(), "same second, distinct directories");
+        let name = a.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("CartPole-v1__funcid__7__"), "{name}");
+        let config: toml::Table = fs::read_to_string(a.file("config.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(config["lr"].as_float(), Some(1e-3));
+        let meta: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(a.file("meta.json")).unwrap()).unwrap();
+        assert_eq!(meta["seed"], 7);
+        assert!(
+            meta["code_version"]
+                .as_str()
+                .unwrap()
+                .starts_with("funcrl ")
+        );
+        a.log("step 1").unwrap();
+        a.log("step 2").unwrap();
+        assert_eq!(
+            fs::read_to_string(a.file("run.log")).unwrap(),
+            "step 1\nstep 2\n"
+        );
+        assert!(RunDir::open(a.path()).is_ok());
+        assert!(RunDir::open(&root).is_err());
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files_and_leave_no_temporaries() {
+        let root = tmpdir("atomic");
+        let p = root.join("x.bin");
+        write_atomic(&p, b"first").unwrap();
+        write_atomic(&p, b"second").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"second");
+        let r: Result<(), io::Error> = write_atomic_with(&root.join("y.png"), |tmp| {
+            fs::write(tmp, b"partial")?;
+            Err(io::Error::other("writer failed"))
+        });
+        assert!(r.is_err());
+        assert!(!root.join("y.png").exists());
+        let names: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "only x.bin remains: {names:?}");
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn csv_log_resume_drops_rows_past_the_checkpoint() {
+        let root = tmpdir("csv");
+        let p = root.join("log.csv");
+        let mut log = CsvLog::create(&p, &["step", "loss"]).unwrap();
+        for s in 0..5 {
+            log.row(&[s as f64 * 100.0, 0.5]).unwrap();
+        }
+        drop(log);
+        let mut log = CsvLog::resume(&p, &["step", "loss"], 250.0).unwrap();
+        log.row(&[300.0, 0.25]).unwrap();
+        drop(log);
+        let text = fs::read_to_string(&p).unwrap();
+        assert_eq!(text, "step,loss\n0,0.5\n100,0.5\n200,0.5\n300,0.25\n");
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn timestamps_are_filename_safe() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_088_200);
+        assert_eq!(timestamp(t), "20251125T163000");
+    }
+}
