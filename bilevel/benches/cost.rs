@@ -169,38 +169,60 @@ fn measure(ctx: &Ctx, depth: usize, method: &MethodConfig) -> (f64, usize) {
     (times[REPEATS / 2], peak)
 }
 
-fn matmul_gflops(device: Device, precision: Precision) -> f64 {
-    let ctx = Ctx::new(device, precision);
-    let opts = (&ctx.device, precision.dtype());
-    let a: Tensor<2> =
-        Tensor::random([2500, 4096], burn::tensor::Distribution::Default, opts).without_autodiff();
-    let b: Tensor<2> =
-        Tensor::random([4096, 1024], burn::tensor::Distribution::Default, opts).without_autodiff();
+/// Seconds of one 2500×4096 · 4096×1024 product (after a warm-up).
+fn matmul_seconds(device: &Device, precision: Precision) -> f64 {
+    let opts = (device, precision.dtype());
+    let a: Tensor<2> = Tensor::random([2500, 4096], burn::tensor::Distribution::Default, opts);
+    let b: Tensor<2> = Tensor::random([4096, 1024], burn::tensor::Distribution::Default, opts);
     let _ = a.clone().matmul(b.clone()).sum().into_scalar::<f64>();
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let _ = a.clone().matmul(b.clone()).sum().into_scalar::<f64>();
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    2.0 * 2500.0 * 4096.0 * 1024.0 / best / 1e9
+    let t = Instant::now();
+    let _ = a.matmul(b).sum().into_scalar::<f64>();
+    t.elapsed().as_secs_f64()
 }
 
 fn main() {
-    println!("## IV-sized matmul 2500x4096 · 4096x1024 (best of 3)");
+    let mut backends: Vec<(&str, Device)> = vec![("flex", Device::flex())];
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    backends.push(("ndarray", Device::ndarray()));
+    println!("## IV-sized matmul 2500x4096 · 4096x1024: best of 5 rounds, backends interleaved");
     for p in [Precision::F32, Precision::F64] {
-        println!(
-            "flex    {p:?}: {:.1} GFLOP/s",
-            matmul_gflops(Device::flex(), p)
-        );
-        #[cfg(feature = "ndarray")]
-        #[allow(deprecated)]
-        {
+        let mut best = vec![f64::MAX; backends.len()];
+        for _ in 0..5 {
+            for (k, (_, dev)) in backends.iter().enumerate() {
+                best[k] = best[k].min(matmul_seconds(dev, p));
+            }
+        }
+        for (k, (name, _)) in backends.iter().enumerate() {
             println!(
-                "ndarray {p:?}: {:.1} GFLOP/s",
-                matmul_gflops(Device::ndarray(), p)
+                "{name:<8} {p:?}: {:.1} GFLOP/s",
+                2.0 * 2500.0 * 4096.0 * 1024.0 / best[k] / 1e9
             );
         }
+    }
+    #[cfg(feature = "ndarray")]
+    {
+        println!(
+            "\n## Same solver work on both CPU backends (f64, 4 hidden layers, median of {REPEATS})"
+        );
+        #[allow(deprecated)]
+        let nd = Ctx::new(Device::ndarray(), Precision::F64);
+        for (name, m) in methods()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("FuncID (") || *n == "AID-CG K=2")
+        {
+            let (t_flex, _) = measure(&Ctx::flex(Precision::F64), 4, &m);
+            let (t_nd, _) = measure(&nd, 4, &m);
+            println!(
+                "{name}: flex {:.1} ms, ndarray {:.1} ms (ndarray/flex {:.2})",
+                t_flex * 1e3,
+                t_nd * 1e3,
+                t_nd / t_flex
+            );
+        }
+    }
+    if std::env::var("FUNCRL_BENCH").is_ok_and(|v| v == "matmul") {
+        return;
     }
 
     let ctx = Ctx::flex(Precision::F64);
