@@ -376,6 +376,20 @@ impl Dynamics for CartPole {
         self.step_batch_lanes(state, actions, skip, rewards, terminated, avx2);
     }
 
+    /// The observation is the state in f32: a transpose from columns to rows.
+    fn observe_batch(&self, state: &[f64], obs: &mut [f32]) {
+        let n = state.len() / 4;
+        let (xs, rest) = state.split_at(n);
+        let (xds, rest) = rest.split_at(n);
+        let (ths, thds) = rest.split_at(n);
+        for (i, o) in obs.chunks_exact_mut(4).enumerate().take(n) {
+            o[0] = xs[i] as f32;
+            o[1] = xds[i] as f32;
+            o[2] = ths[i] as f32;
+            o[3] = thds[i] as f32;
+        }
+    }
+
     #[inline]
     fn observe(&self, state: &[f64], out: &mut [f32]) {
         for (o, s) in out.iter_mut().zip(state) {

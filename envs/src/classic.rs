@@ -67,6 +67,19 @@ pub trait Dynamics: Clone + Send + Sync + 'static {
             terminated[i] = t;
         }
     }
+
+    /// Writes the observation of every copy of a structure-of-arrays batch into `obs`
+    /// (`n × OBS_DIM`, row by row). The default goes copy by copy through [`Dynamics::observe`].
+    fn observe_batch(&self, state: &[f64], obs: &mut [f32]) {
+        let n = state.len() / Self::STATE_DIM;
+        let mut s = [0.0; MAX_STATE_DIM];
+        for (i, out) in obs.chunks_exact_mut(Self::OBS_DIM).enumerate().take(n) {
+            for (d, v) in s.iter_mut().enumerate().take(Self::STATE_DIM) {
+                *v = state[d * n + i];
+            }
+            self.observe(&s[..Self::STATE_DIM], out);
+        }
+    }
 }
 
 /// Where an episode stands; stepping is only allowed while `Running`.

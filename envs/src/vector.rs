@@ -158,25 +158,37 @@ impl<D: Dynamics> SyncVectorEnv<D> {
             });
         }
         self.actions.clear();
-        for i in 0..self.n {
-            let a = match actions {
-                VecAction::Discrete(a) => Action::Discrete(a[i]),
-                VecAction::Continuous(a) => {
-                    Action::Continuous(&a[i * self.action_dim..(i + 1) * self.action_dim])
+        // An autoresetting copy ignores its action, but a malformed one is still a caller bug.
+        let id = self.id;
+        let relabel = |i: usize, e: EnvError| match e {
+            EnvError::InvalidAction {
+                action, expected, ..
+            } => EnvError::InvalidAction {
+                env: format!("{id} (copy {i})"),
+                action,
+                expected,
+            },
+            other => other,
+        };
+        match actions {
+            VecAction::Discrete(a) => {
+                for (i, &ai) in a.iter().enumerate() {
+                    let act = self
+                        .dynamics
+                        .parse_action(Action::Discrete(ai))
+                        .map_err(|e| relabel(i, e))?;
+                    self.actions.push(act);
                 }
-            };
-            // An autoresetting copy ignores its action, but a malformed one is still a caller bug.
-            let act = self.dynamics.parse_action(a).map_err(|e| match e {
-                EnvError::InvalidAction {
-                    action, expected, ..
-                } => EnvError::InvalidAction {
-                    env: format!("{} (copy {i})", self.id),
-                    action,
-                    expected,
-                },
-                other => other,
-            })?;
-            self.actions.push(act);
+            }
+            VecAction::Continuous(a) => {
+                for (i, ai) in a.chunks_exact(self.action_dim).enumerate() {
+                    let act = self
+                        .dynamics
+                        .parse_action(Action::Continuous(ai))
+                        .map_err(|e| relabel(i, e))?;
+                    self.actions.push(act);
+                }
+            }
         }
         Ok(())
     }
@@ -240,30 +252,35 @@ impl<D: Dynamics> VectorEnv for SyncVectorEnv<D> {
             &mut self.rewards,
             &mut self.terminated,
         );
+        // Counters and truncation, branch-free over all copies; a copy reset above has
+        // `autoreset` set and is left as the reset made it.
+        let max = self.max_episode_steps.unwrap_or(u64::MAX);
+        let counters = self.elapsed.iter_mut().zip(self.truncated.iter_mut());
+        let sums = self
+            .episode_return
+            .iter_mut()
+            .zip(&self.rewards)
+            .zip(&self.autoreset);
+        for ((elapsed, truncated), ((ret, reward), reset)) in counters.zip(sums) {
+            let stepped = !*reset;
+            *elapsed += u64::from(stepped);
+            *truncated = stepped & (*elapsed >= max);
+            *ret += if stepped { *reward } else { 0.0 };
+        }
+        // Observations are a function of the state, so reset copies can be observed again.
+        self.dynamics.observe_batch(&self.state, &mut self.obs);
+        // Episode ends (rare): record statistics and schedule the next-step reset. Other copies
+        // keep `episode = None`: only a copy that ended holds Some, and it was cleared above.
         for i in 0..self.n {
-            if self.autoreset[i] {
-                self.autoreset[i] = false;
-                continue;
-            }
-            let s = self.gather(i);
-            self.observe_copy(i, &s);
-            self.elapsed[i] += 1;
-            let (term, trunc) = (
-                self.terminated[i],
-                self.max_episode_steps.is_some_and(|m| self.elapsed[i] >= m),
-            );
-            self.episode_return[i] += self.rewards[i];
-            self.truncated[i] = trunc;
-            if term || trunc {
+            let ended = !self.autoreset[i] & (self.terminated[i] | self.truncated[i]);
+            if ended {
                 self.episode[i] = Some(EpisodeStatistics {
                     r: self.episode_return[i],
                     l: self.elapsed[i],
                     t: now.duration_since(self.episode_start[i]).as_secs_f64(),
                 });
-                self.autoreset[i] = true;
             }
-            // Otherwise `episode[i]` is already None: only a copy that ended holds Some, and it
-            // was reset (and cleared) at the top of this call.
+            self.autoreset[i] = ended;
         }
         Ok(VecStep {
             obs: &self.obs,
