@@ -181,6 +181,7 @@ fn matmul_seconds(device: &Device, precision: Precision) -> f64 {
 }
 
 fn main() {
+    #[allow(unused_mut)] // pushed to only with the `ndarray` feature
     let mut backends: Vec<(&str, Device)> = vec![("flex", Device::flex())];
     #[cfg(feature = "ndarray")]
     #[allow(deprecated)]
