@@ -80,6 +80,17 @@ impl Optimizer {
         self.t = 0;
     }
 
+    /// Adam's moments (m, v) and step count, for checkpoints (`None` before the first Adam step).
+    pub fn state(&self) -> (Option<(&Params, &Params)>, i32) {
+        (self.moments.as_ref().map(|(m, v)| (m, v)), self.t)
+    }
+
+    /// Restores what [`state`](Self::state) returned, so a resumed run takes the same steps.
+    pub fn set_state(&mut self, moments: Option<(Params, Params)>, t: i32) {
+        self.moments = moments;
+        self.t = t;
+    }
+
     /// One step: returns the updated parameters (detached).
     pub fn step(&mut self, params: &Params, grad: &Params) -> Params {
         match self.config {

@@ -363,11 +363,30 @@ fn identity_is_biased_by_its_own_formula() {
     );
 }
 
-/// F(ω) with the inner problem solved exactly by the solver's own inner step.
+/// F(ω) with the inner problem solved to convergence by plain gradient steps (400 SGD steps, no
+/// closed-form head: independent of the ridge-solve code the methods use).
 fn value_by_solver(ctx: &Ctx, inst: &LqInstance, model: &Mlp, omega: &Params, ridge: f64) -> f64 {
     use funcrl_bilevel::BilevelProblem;
-    let theta = exact_inner(ctx, inst, model, omega, ridge);
-    let v = model.forward(&theta, &inst.outer.z).output;
+    let cfg = SolverConfig {
+        inner: InnerConfig {
+            steps: 400,
+            optimizer: OptimizerConfig::sgd(0.5),
+            ridge,
+            ..InnerConfig::default()
+        },
+        method: MethodConfig::ClosedForm,
+        outer_optimizer: OptimizerConfig::adam(1e-3),
+        seed: 1,
+    };
+    let mut s = Solver::new(
+        ctx.clone(),
+        inst.problem.clone(),
+        model.clone(),
+        omega.clone(),
+        &cfg,
+    );
+    s.solve_inner(&inst.inner).unwrap();
+    let v = model.forward(&s.theta, &inst.outer.z).output;
     funcrl_bilevel::ctx::scalar(inst.problem.outer_loss(omega, v, &inst.outer))
 }
 
