@@ -1,0 +1,467 @@
+//! The training loop (SPEC §3): random warm-up, then per env step one ε-softmax action and
+//! `updates_per_step` updates; evaluation without ε; HDF5 checkpoints from which a resumed run
+//! takes exactly the steps an uninterrupted one would.
+//!
+//! Randomness is a pure function of (seed, step, stream): every step draws from a generator seeded
+//! by those, and every episode resets the environment with a seed from (seed, episode). So a
+//! checkpoint needs no generator state, and resuming reproduces the same numbers.
+
+use std::path::Path;
+
+use funcrl_bilevel::{Params, Precision};
+use funcrl_envs::{Action, Env, EnvError, MakeOptions, Obs, Space};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::{Agent, AgentConfig, ModelConfig, ModelLearning, QConfig, UpdateStats};
+use crate::h5io;
+use crate::nets::HostParams;
+use crate::replay::{PerConfig, ReplayBuffer, ReplayError, Transition};
+use crate::targets::Ending;
+
+fn d_env() -> String {
+    "CartPole-v1".into()
+}
+fn d_total() -> u64 {
+    200_000
+}
+fn d_warmup() -> u64 {
+    1_000
+}
+fn d_one() -> u64 {
+    1
+}
+fn d_batch() -> usize {
+    256
+}
+fn d_eval_every() -> u64 {
+    1_000
+}
+fn d_eval_episodes() -> u64 {
+    10
+}
+fn d_ckpt() -> u64 {
+    10_000
+}
+fn d_log_every() -> u64 {
+    100
+}
+
+/// Replay settings. `capacity` defaults to `total_steps` (SPEC: the buffer holds all steps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    #[serde(default)]
+    pub capacity: Option<usize>,
+    /// Prioritized replay (absent: uniform sampling without replacement).
+    #[serde(default)]
+    pub prioritized: Option<PerConfig>,
+}
+
+/// A whole training run; the TOML file of `funcrl train`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default = "d_env")]
+    pub env: String,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "d_total")]
+    pub total_steps: u64,
+    /// Uniform random actions, no updates, for the first `warmup_steps` env steps.
+    #[serde(default = "d_warmup")]
+    pub warmup_steps: u64,
+    #[serde(default = "d_one")]
+    pub updates_per_step: u64,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    #[serde(default = "d_eval_every")]
+    pub eval_every: u64,
+    #[serde(default = "d_eval_episodes")]
+    pub eval_episodes: u64,
+    /// Checkpoint every this many env steps (0: only at the end).
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: u64,
+    /// Loss rows in losses.csv: means over this many steps.
+    #[serde(default = "d_log_every")]
+    pub log_every: u64,
+    #[serde(default)]
+    pub precision: Precision,
+    pub agent: ModelLearning,
+    #[serde(default)]
+    pub q: QConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub replay: ReplayConfig,
+}
+
+impl TrainConfig {
+    /// Checks what serde cannot; the message names the field and what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        funcrl_envs::spec(&self.env).map_err(|e| format!("env: {e}"))?;
+        let env = funcrl_envs::make(&self.env).map_err(|e| format!("env: {e}"))?;
+        if !matches!(env.action_space(), Space::Discrete { .. }) {
+            return Err(format!(
+                "env: {} has a continuous action space; the soft-Q agents need a discrete one (CartPole-v0/v1, Acrobot-v1, MountainCar-v0)",
+                self.env
+            ));
+        }
+        let pos = |name: &str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{name} must be > 0, got {v}"))
+            }
+        };
+        pos("total_steps", self.total_steps as f64)?;
+        pos("batch_size", self.batch_size as f64)?;
+        pos("eval_every", self.eval_every as f64)?;
+        pos("log_every", self.log_every as f64)?;
+        pos("q.lr", self.q.lr)?;
+        pos("q.alpha", self.q.alpha)?;
+        pos("model.lr", self.model.lr)?;
+        if !(0.0..=1.0).contains(&self.q.tau) || !(0.0..=1.0).contains(&self.q.gamma) {
+            return Err("q.tau and q.gamma must lie in [0, 1]".into());
+        }
+        if !(0.0..=1.0).contains(&self.q.epsilon) {
+            return Err(format!(
+                "q.epsilon must lie in [0, 1], got {}",
+                self.q.epsilon
+            ));
+        }
+        if self.warmup_steps < self.batch_size as u64 {
+            return Err(format!(
+                "warmup_steps ({}) must be at least batch_size ({}): batches are drawn without replacement",
+                self.warmup_steps, self.batch_size
+            ));
+        }
+        if self.replay.capacity.is_some_and(|c| c < self.batch_size) {
+            return Err("replay.capacity must be at least batch_size".into());
+        }
+        if let ModelLearning::Vep { functions: 0, .. } = self.agent {
+            return Err("agent.functions must be at least 1 for vep".into());
+        }
+        Ok(())
+    }
+
+    pub fn agent_config(&self) -> AgentConfig {
+        AgentConfig {
+            learning: self.agent.clone(),
+            q: self.q.clone(),
+            model: self.model.clone(),
+            precision: self.precision,
+        }
+    }
+}
+
+/// Random streams: one generator per (seed, counter, stream).
+const STREAM_INIT: u64 = 1;
+const STREAM_ACT: u64 = 2;
+const STREAM_SAMPLE: u64 = 3;
+const STREAM_EPISODE: u64 = 4;
+const STREAM_EVAL: u64 = 5;
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seed derived from (seed, counter, stream); distinct inputs give unrelated seeds.
+pub fn derive_seed(seed: u64, counter: u64, stream: u64) -> u64 {
+    splitmix(splitmix(splitmix(seed) ^ counter) ^ stream.wrapping_mul(0xA24B_AED4_963E_E407))
+}
+
+fn rng_for(seed: u64, counter: u64, stream: u64) -> StdRng {
+    StdRng::seed_from_u64(derive_seed(seed, counter, stream))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    #[error("checkpoint: {0}")]
+    Hdf5(#[from] hdf5::Error),
+    #[error("checkpoint {0}: {1}")]
+    Checkpoint(String, String),
+}
+
+/// What one env step did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepOutcome {
+    /// Losses of the updates of this step (the last one when several).
+    pub update: Option<UpdateStats>,
+    /// Return of a training episode that ended on this step.
+    pub episode_return: Option<f64>,
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub agent: Agent,
+    pub buffer: ReplayBuffer,
+    env: Box<dyn Env>,
+    max_episode_steps: u64,
+    /// Env steps taken so far.
+    pub step: u64,
+    pub episode: u64,
+    ep_return: f64,
+    ep_len: u64,
+    obs: Obs,
+    host_q: HostParams,
+}
+
+/// The env without a wrapper time limit: the trainer counts episode steps itself, so that a
+/// resumed episode keeps its count.
+fn make_env(id: &str) -> Result<(Box<dyn Env>, u64), EnvError> {
+    let spec = funcrl_envs::spec(id)?;
+    let env = funcrl_envs::make_with(
+        id,
+        &MakeOptions {
+            max_episode_steps: Some(u64::MAX),
+            kwargs: vec![],
+        },
+    )?;
+    Ok((env, spec.max_episode_steps))
+}
+
+fn obs_f64(o: &[f32]) -> Vec<f64> {
+    o.iter().map(|&x| x as f64).collect()
+}
+
+impl Trainer {
+    pub fn new(cfg: TrainConfig) -> Result<Self, TrainError> {
+        cfg.validate().map_err(TrainError::Config)?;
+        let (mut env, max_episode_steps) = make_env(&cfg.env)?;
+        let obs_dim = env.observation_space().flat_dim();
+        let Space::Discrete { n, .. } = env.action_space() else {
+            unreachable!("validated")
+        };
+        let agent = Agent::new(
+            cfg.agent_config(),
+            obs_dim,
+            n as usize,
+            &mut rng_for(cfg.seed, 0, STREAM_INIT),
+        );
+        let buffer = ReplayBuffer::new(
+            cfg.replay.capacity.unwrap_or(cfg.total_steps as usize),
+            obs_dim,
+            1,
+            cfg.replay.prioritized,
+        );
+        let (obs, _) = env.reset(Some(derive_seed(cfg.seed, 0, STREAM_EPISODE)));
+        let host_q = agent.host_q();
+        Ok(Self {
+            cfg,
+            agent,
+            buffer,
+            env,
+            max_episode_steps,
+            step: 0,
+            episode: 0,
+            ep_return: 0.0,
+            ep_len: 0,
+            obs,
+            host_q,
+        })
+    }
+
+    pub fn done(&self) -> bool {
+        self.step >= self.cfg.total_steps
+    }
+
+    /// One env step, then the updates (after warm-up).
+    pub fn env_step(&mut self) -> Result<StepOutcome, TrainError> {
+        let mut out = StepOutcome::default();
+        let mut rng = rng_for(self.cfg.seed, self.step, STREAM_ACT);
+        let action = if self.step < self.cfg.warmup_steps {
+            rng.random_range(0..self.agent.n_actions)
+        } else {
+            self.agent.act(
+                &self.host_q,
+                &obs_f64(&self.obs),
+                self.cfg.q.epsilon,
+                &mut rng,
+            )
+        };
+        let st = self.env.step(Action::Discrete(action as i64))?;
+        self.ep_len += 1;
+        self.ep_return += st.reward;
+        let ending = Ending::from_flags(
+            st.terminated,
+            st.truncated || self.ep_len >= self.max_episode_steps,
+        );
+        self.buffer.push(Transition {
+            obs: &self.obs,
+            action: &[action as f32],
+            reward: st.reward,
+            next_obs: &st.obs,
+            ending,
+        });
+        self.obs = st.obs;
+        if ending.episode_over() {
+            out.episode_return = Some(self.ep_return);
+            self.episode += 1;
+            self.ep_return = 0.0;
+            self.ep_len = 0;
+            self.obs = self
+                .env
+                .reset(Some(derive_seed(
+                    self.cfg.seed,
+                    self.episode,
+                    STREAM_EPISODE,
+                )))
+                .0;
+        }
+        self.step += 1;
+        if self.step > self.cfg.warmup_steps {
+            let progress = self.step as f64 / self.cfg.total_steps as f64;
+            for k in 0..self.cfg.updates_per_step {
+                let mut rng = rng_for(
+                    self.cfg.seed,
+                    self.step * self.cfg.updates_per_step + k,
+                    STREAM_SAMPLE,
+                );
+                let batch = self
+                    .buffer
+                    .sample(self.cfg.batch_size, progress, &mut rng)?;
+                let (stats, td) = self.agent.update(&batch, &mut rng);
+                self.buffer.update_priorities(&batch.indices, &td);
+                out.update = Some(stats);
+                if stats.non_finite().is_some() {
+                    return Ok(out); // the caller stops the run
+                }
+            }
+            self.host_q = self.agent.host_q();
+        }
+        Ok(out)
+    }
+
+    /// Returns of `eval_episodes` episodes of the softmax policy without ε, on a separate env
+    /// seeded from (seed, step); the training episode is not disturbed.
+    pub fn evaluate(&self) -> Result<Vec<f64>, TrainError> {
+        let (mut env, limit) = make_env(&self.cfg.env)?;
+        let mut rng = rng_for(self.cfg.seed, self.step, STREAM_EVAL);
+        let mut returns = Vec::new();
+        for j in 0..self.cfg.eval_episodes {
+            let (mut obs, _) = env.reset(Some(derive_seed(
+                self.cfg.seed,
+                self.step * 1_000 + j,
+                STREAM_EVAL,
+            )));
+            let mut total = 0.0;
+            for _ in 0..limit {
+                let a = self.agent.act(&self.host_q, &obs_f64(&obs), 0.0, &mut rng);
+                let st = env.step(Action::Discrete(a as i64))?;
+                total += st.reward;
+                obs = st.obs;
+                if st.terminated || st.truncated {
+                    break;
+                }
+            }
+            returns.push(total);
+        }
+        Ok(returns)
+    }
+
+    /// Writes everything a resume needs into one HDF5 file at `path`.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<(), TrainError> {
+        let f = hdf5::File::create(path)?;
+        let a = f.create_group("agent")?;
+        let ag = &self.agent;
+        h5io::put(&a, "q", &ag.q.to_flat())?;
+        h5io::put(&a, "q_target", &ag.q_target.to_flat())?;
+        h5io::put(&a, "omega", &ag.omega.to_flat())?;
+        for (name, opt) in [("q_opt", &ag.q_opt), ("model_opt", &ag.model_opt)] {
+            let (moments, t) = opt.state();
+            h5io::put_u64(&a, &format!("{name}_t"), t as u64)?;
+            if let Some((m, v)) = moments {
+                h5io::put(&a, &format!("{name}_m"), &m.to_flat())?;
+                h5io::put(&a, &format!("{name}_v"), &v.to_flat())?;
+            }
+        }
+        self.buffer.save_group(&f.create_group("buffer")?)?;
+        let s = f.create_group("state")?;
+        h5io::put(
+            &s,
+            "counters",
+            &[self.step, self.episode, self.ep_len, self.cfg.seed],
+        )?;
+        h5io::put(&s, "ep_return", &[self.ep_return])?;
+        h5io::put(&s, "obs", &self.obs)?;
+        h5io::put(&s, "env_state", self.env.state())?;
+        Ok(())
+    }
+
+    /// Rebuilds the trainer of `cfg` and restores the state saved by [`save_checkpoint`].
+    pub fn load_checkpoint(cfg: TrainConfig, path: &Path) -> Result<Self, TrainError> {
+        let mut t = Trainer::new(cfg)?;
+        let src = path.display().to_string();
+        let bad = |why: String| TrainError::Checkpoint(src.clone(), why);
+        let f = hdf5::File::open(path)?;
+        let a = f.group("agent")?;
+        let ctx = t.agent.ctx.clone();
+        let load = |like: &Params, name: &str| -> Result<Params, TrainError> {
+            let v = h5io::get::<f64>(&a, name)?;
+            if v.len() != like.numel() {
+                return Err(bad(format!(
+                    "{name} has {} values, the config's networks {} (config changed since the checkpoint?)",
+                    v.len(),
+                    like.numel()
+                )));
+            }
+            Ok(like.from_flat_like(&ctx, &v))
+        };
+        t.agent.q = load(&t.agent.q, "q")?;
+        t.agent.q_target = load(&t.agent.q_target, "q_target")?;
+        t.agent.omega = load(&t.agent.omega, "omega")?;
+        for name in ["q_opt", "model_opt"] {
+            let like = if name == "q_opt" {
+                t.agent.q.clone()
+            } else {
+                t.agent.omega.clone()
+            };
+            let step = h5io::get_u64(&a, &format!("{name}_t"))? as i32;
+            let moments = if a.link_exists(&format!("{name}_m")) {
+                Some((
+                    load(&like, &format!("{name}_m"))?,
+                    load(&like, &format!("{name}_v"))?,
+                ))
+            } else {
+                None
+            };
+            let opt = if name == "q_opt" {
+                &mut t.agent.q_opt
+            } else {
+                &mut t.agent.model_opt
+            };
+            opt.set_state(moments, step);
+        }
+        t.buffer = ReplayBuffer::load_group(&f.group("buffer")?, &src)?;
+        let s = f.group("state")?;
+        let c = h5io::get::<u64>(&s, "counters")?;
+        if c.len() != 4 {
+            return Err(bad("state/counters must hold 4 values".into()));
+        }
+        if c[3] != t.cfg.seed {
+            return Err(bad(format!(
+                "checkpoint has seed {}, the config {}",
+                c[3], t.cfg.seed
+            )));
+        }
+        (t.step, t.episode, t.ep_len) = (c[0], c[1], c[2]);
+        t.ep_return = h5io::get::<f64>(&s, "ep_return")?[0];
+        t.obs = Obs::from_slice(&h5io::get::<f32>(&s, "obs")?);
+        // Same episode seed as the original reset, then the saved physical state.
+        t.env
+            .reset(Some(derive_seed(t.cfg.seed, t.episode, STREAM_EPISODE)));
+        t.env.set_state(&h5io::get::<f64>(&s, "env_state")?)?;
+        t.host_q = t.agent.host_q();
+        Ok(t)
+    }
+}
