@@ -3,7 +3,8 @@
     pip install gymnasium==1.4.0
     python3 envs/scripts/make_gymnasium_fixtures.py     # writes envs/tests/fixtures/*.json
 
-Each episode starts from a recorded internal state (a seeded reset, or an edge-case state written
+Each episode records `reset(seed=...)`'s seed, state and observation (the Rust env must reproduce
+them), then starts from a recorded internal state (that seeded reset, or an edge-case state written
 into `env.unwrapped.state`), applies a recorded action sequence through `gym.make(...)` (so the
 registered TimeLimit applies) and stores, after every step, the internal f64 state, the f32
 observation, the reward and both flags, until termination or truncation. Floats are written with
@@ -32,7 +33,9 @@ def run_episode(env_id, kwargs, attrs, init, policy, rng, max_episode_steps=None
     u = env.unwrapped
     for k, v in attrs.items():
         setattr(u, k, v)
-    obs, _ = env.reset(seed=int(rng.integers(1 << 31)))
+    seed = int(rng.integers(1 << 31))
+    obs, _ = env.reset(seed=seed)
+    reset_state, reset_obs = fl(u.state), [float(v) for v in np.asarray(obs, dtype=np.float32)]
     if init is not None:
         u.state = np.array(init, dtype=np.float64)
         if hasattr(u, "steps_beyond_terminated"):
@@ -56,6 +59,9 @@ def run_episode(env_id, kwargs, attrs, init, policy, rng, max_episode_steps=None
         "label": label,
         "kwargs": {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in {**kwargs, **attrs}.items()},
         "max_episode_steps": max_episode_steps,
+        "reset_seed": seed,
+        "reset_state": reset_state,
+        "reset_obs": reset_obs,
         "init_state": start,
         "actions": actions,
         "steps": steps,

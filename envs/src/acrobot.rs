@@ -3,12 +3,13 @@
 
 use std::f64::consts::PI;
 
-use rand::{Rng, RngExt};
+use rand::Rng;
 
 use crate::classic::{
     Dynamics, Kwargs, check_known_keys, kwarg, parse_discrete, parse_finite, py_square,
 };
 use crate::core::{Action, EnvError};
+use crate::seeding::uniform;
 use crate::space::Space;
 
 /// Which equations of motion: the book's (default) or the NIPS paper's, which drops one term.
@@ -150,7 +151,7 @@ impl Dynamics for Acrobot {
     fn reset_state<R: Rng + ?Sized>(&self, rng: &mut R, state: &mut [f64]) {
         // gymnasium draws in f64 and stores the initial state as float32.
         for s in state.iter_mut() {
-            *s = rng.random_range(-0.1f64..0.1) as f32 as f64;
+            *s = uniform(rng, -0.1, 0.1) as f32 as f64;
         }
     }
 

@@ -2,10 +2,11 @@
 
 use std::f64::consts::PI;
 
-use rand::{Rng, RngExt};
+use rand::Rng;
 
 use crate::classic::{Dynamics, Kwargs, check_known_keys, kwarg, parse_bool, parse_discrete};
 use crate::core::{Action, EnvError};
+use crate::seeding::uniform;
 use crate::space::Space;
 use crate::trig::{SMALL_ANGLE, sin_cos_small};
 
@@ -343,7 +344,7 @@ impl Dynamics for CartPole {
 
     fn reset_state<R: Rng + ?Sized>(&self, rng: &mut R, state: &mut [f64]) {
         for s in state.iter_mut() {
-            *s = rng.random_range(-0.05..0.05);
+            *s = uniform(rng, -0.05, 0.05);
         }
     }
 

@@ -2,15 +2,13 @@
 //! [`Dynamics`]; [`ClassicEnv`] turns that into a single [`Env`] and
 //! [`crate::vector::SyncVectorEnv`] into a vectorised one, so the physics is written once.
 
-use rand::rngs::Xoshiro256PlusPlus;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use crate::core::{Action, Env, EnvError, Info, MAX_OBS_DIM, Obs, Step};
 use crate::space::Space;
 
-/// The generator behind `reset`. Xoshiro256++ is fast and its output stream is fixed by its
-/// specification, so a seed means the same episode on every machine and rand version.
-pub type EnvRng = Xoshiro256PlusPlus;
+pub use crate::seeding::EnvRng;
+use crate::seeding::{np_random, np_random_from_entropy};
 
 /// Largest internal state of a built-in environment (CartPole and Acrobot: 4).
 pub const MAX_STATE_DIM: usize = 4;
@@ -31,7 +29,8 @@ pub trait Dynamics: Clone + Send + Sync + 'static {
     fn action_space(&self) -> Space;
     /// Checks an action against the action space; an invalid one is an error naming what is allowed.
     fn parse_action(&self, action: Action<'_>) -> Result<Self::Act, EnvError>;
-    /// Draws an initial state as gymnasium's `reset` does (same distribution, not the same stream).
+    /// Draws an initial state as gymnasium's `reset` does: the same NumPy draws in the same order,
+    /// so a seeded reset gives gymnasium's initial state.
     fn reset_state<R: Rng + ?Sized>(&self, rng: &mut R, state: &mut [f64]);
     /// Advances `state` in place and returns `(reward, terminated)`.
     fn step_state(&self, state: &mut [f64], action: Self::Act) -> (f64, bool);
@@ -109,7 +108,7 @@ impl<D: Dynamics> ClassicEnv<D> {
             state: [0.0; MAX_STATE_DIM],
             phase: Phase::NeedsReset,
             // Like gymnasium, an environment never seeded draws its seed from the OS.
-            rng: EnvRng::from_rng(&mut rand::rng()),
+            rng: np_random_from_entropy(),
         }
     }
 
@@ -138,7 +137,7 @@ impl<D: Dynamics> Env for ClassicEnv<D> {
 
     fn reset(&mut self, seed: Option<u64>) -> (Obs, Info) {
         if let Some(seed) = seed {
-            self.rng = EnvRng::seed_from_u64(seed);
+            self.rng = np_random(seed);
         }
         self.dynamics
             .reset_state(&mut self.rng, &mut self.state[..D::STATE_DIM]);

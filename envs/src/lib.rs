@@ -20,6 +20,7 @@ pub mod core;
 pub mod mountain_car;
 pub mod pendulum;
 pub mod registry;
+pub mod seeding;
 pub mod space;
 pub mod trig;
 pub mod vector;

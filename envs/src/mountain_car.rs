@@ -1,9 +1,10 @@
 //! MountainCar (Moore 1990) with discrete actions, as gymnasium 1.x's `MountainCar-v0`.
 
-use rand::{Rng, RngExt};
+use rand::Rng;
 
 use crate::classic::{Dynamics, Kwargs, check_known_keys, kwarg, parse_discrete, parse_finite};
 use crate::core::{Action, EnvError};
+use crate::seeding::uniform;
 use crate::space::Space;
 
 /// Car in a valley. State `[position, velocity]`; actions 0 (push left), 1 (none), 2 (push right).
@@ -74,7 +75,7 @@ impl Dynamics for MountainCar {
     }
 
     fn reset_state<R: Rng + ?Sized>(&self, rng: &mut R, state: &mut [f64]) {
-        state[0] = rng.random_range(-0.6..-0.4);
+        state[0] = uniform(rng, -0.6, -0.4);
         state[1] = 0.0;
     }
 

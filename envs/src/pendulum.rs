@@ -2,12 +2,13 @@
 
 use std::f64::consts::PI;
 
-use rand::{Rng, RngExt};
+use rand::Rng;
 
 use crate::classic::{
     Dynamics, Kwargs, check_known_keys, kwarg, parse_finite, py_square, py_square_f32,
 };
 use crate::core::{Action, EnvError};
+use crate::seeding::uniform;
 use crate::space::Space;
 
 /// State `[theta, theta_dot]` (theta = 0 is upright); action `[torque]` in [−2, 2], clipped.
@@ -86,8 +87,8 @@ impl Dynamics for Pendulum {
     }
 
     fn reset_state<R: Rng + ?Sized>(&self, rng: &mut R, state: &mut [f64]) {
-        state[0] = rng.random_range(-PI..PI);
-        state[1] = rng.random_range(-1.0..1.0);
+        state[0] = uniform(rng, -PI, PI);
+        state[1] = uniform(rng, -1.0, 1.0);
     }
 
     #[inline]

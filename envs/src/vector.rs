@@ -7,10 +7,9 @@
 
 use std::time::Instant;
 
-use rand::SeedableRng;
-
 use crate::classic::{Dynamics, EnvRng, MAX_STATE_DIM};
 use crate::core::{Action, EnvError, EpisodeStatistics};
+use crate::seeding::{np_random, np_random_from_entropy};
 use crate::space::Space;
 
 /// Actions for all copies: one index per copy, or `num_envs × action_dim` floats row by row.
@@ -81,7 +80,6 @@ impl<D: Dynamics> SyncVectorEnv<D> {
         max_episode_steps: Option<u64>,
     ) -> Self {
         assert!(num_envs > 0, "a vector env needs at least one copy");
-        let mut seeder = rand::rng();
         let action_dim = dynamics.action_space().flat_dim();
         SyncVectorEnv {
             id,
@@ -89,9 +87,7 @@ impl<D: Dynamics> SyncVectorEnv<D> {
             action_dim,
             max_episode_steps,
             state: vec![0.0; D::STATE_DIM * num_envs],
-            rngs: (0..num_envs)
-                .map(|_| EnvRng::from_rng(&mut seeder))
-                .collect(),
+            rngs: (0..num_envs).map(|_| np_random_from_entropy()).collect(),
             elapsed: vec![0; num_envs],
             autoreset: vec![false; num_envs],
             episode_return: vec![0.0; num_envs],
@@ -211,7 +207,7 @@ impl<D: Dynamics> VectorEnv for SyncVectorEnv<D> {
     fn reset(&mut self, seed: Option<u64>) -> &[f32] {
         if let Some(seed) = seed {
             for (i, rng) in self.rngs.iter_mut().enumerate() {
-                *rng = EnvRng::seed_from_u64(seed.wrapping_add(i as u64));
+                *rng = np_random(seed.wrapping_add(i as u64));
             }
         }
         let now = Instant::now();

@@ -1,5 +1,6 @@
 //! Replays trajectories recorded from Python gymnasium 1.4 (`envs/scripts/make_gymnasium_fixtures.py`)
-//! through the Rust environments: internal f64 state within 1e-12 (relative to max(1, |x|)),
+//! through the Rust environments: `reset(seed)` gives gymnasium's initial state and observation
+//! exactly; then internal f64 state within 1e-12 (relative to max(1, |x|)),
 //! observations within one f32 ulp, rewards within 1e-12, and identical terminated/truncated
 //! flags at every step, including the final (terminal or truncated) transition.
 
@@ -25,6 +26,9 @@ struct Episode {
     label: String,
     kwargs: std::collections::BTreeMap<String, String>,
     max_episode_steps: Option<u64>,
+    reset_seed: u64,
+    reset_state: Vec<f64>,
+    reset_obs: Vec<f64>,
     init_state: Vec<f64>,
     actions: Vec<FixtureAction>,
     steps: Vec<Expected>,
@@ -56,6 +60,7 @@ fn replay(file: &str) -> (usize, usize, f64) {
     );
     let (mut steps, mut worst) = (0, 0.0f64);
     let mut ends = (0, 0);
+    let mut seeded_resets = 0;
     for ep in &fixture.episodes {
         let opts = MakeOptions {
             max_episode_steps: ep.max_episode_steps,
@@ -66,7 +71,25 @@ fn replay(file: &str) -> (usize, usize, f64) {
                 .collect(),
         };
         let mut env = make_with(&ep.env, &opts).unwrap();
-        env.reset(Some(0));
+        // NumPy-compatible seeding: the same seed gives gymnasium's initial state, bit for bit.
+        let (obs, _) = env.reset(Some(ep.reset_seed));
+        assert_eq!(
+            env.state(),
+            &ep.reset_state[..],
+            "{} [{}]: reset(seed={})",
+            ep.env,
+            ep.label,
+            ep.reset_seed
+        );
+        let want_obs: Vec<f32> = ep.reset_obs.iter().map(|x| *x as f32).collect();
+        assert_eq!(
+            &obs[..],
+            &want_obs[..],
+            "{} [{}]: reset observation",
+            ep.env,
+            ep.label
+        );
+        seeded_resets += 1;
         env.set_state(&ep.init_state).unwrap();
         assert_eq!(ep.actions.len(), ep.steps.len());
         for (t, (a, want)) in ep.actions.iter().zip(&ep.steps).enumerate() {
@@ -135,11 +158,12 @@ fn replay(file: &str) -> (usize, usize, f64) {
         );
     }
     eprintln!(
-        "{file}: {} episodes, {steps} steps, {} terminal, {} truncated, worst state error {worst:.2e}",
+        "{file}: {} episodes, {seeded_resets} seeded resets equal, {steps} steps, {} terminal, {} truncated, worst state error {worst:.2e}",
         fixture.episodes.len(),
         ends.0,
         ends.1
     );
+    assert_eq!(seeded_resets, fixture.episodes.len());
     (fixture.episodes.len(), steps, worst)
 }
 
