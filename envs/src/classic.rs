@@ -186,28 +186,27 @@ impl<D: Dynamics> Env for ClassicEnv<D> {
     }
 
     fn set_state(&mut self, state: &[f64]) -> Result<(), EnvError> {
-        let why = if state.len() != D::STATE_DIM {
-            Some(format!(
-                "expected {} values, got {}",
-                D::STATE_DIM,
-                state.len()
-            ))
-        } else if state.iter().any(|v| !v.is_finite()) {
-            Some("values must be finite".to_string())
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Err(EnvError::InvalidState {
-                env: self.id.into(),
-                state: state.to_vec(),
-                why,
-            });
-        }
+        validate_state(self.id, D::STATE_DIM, state)?;
         self.state[..D::STATE_DIM].copy_from_slice(state);
         self.phase = Phase::Running;
         Ok(())
     }
+}
+
+/// A state for `set_state` must have the environment's dimension and finite values.
+pub(crate) fn validate_state(env: &str, dim: usize, state: &[f64]) -> Result<(), EnvError> {
+    let why = if state.len() != dim {
+        format!("expected {dim} values, got {}", state.len())
+    } else if state.iter().any(|v| !v.is_finite()) {
+        "values must be finite".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(EnvError::InvalidState {
+        env: env.into(),
+        state: state.to_vec(),
+        why,
+    })
 }
 
 /// Validates a discrete action against `0..n`. Inlined: it runs once per copy per vector step.

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use crate::classic::{Dynamics, EnvRng, MAX_STATE_DIM};
+use crate::classic::{Dynamics, EnvRng, MAX_STATE_DIM, validate_state};
 use crate::core::{Action, EnvError, EpisodeStatistics};
 use crate::seeding::{np_random, np_random_from_entropy};
 use crate::space::Space;
@@ -292,26 +292,14 @@ impl<D: Dynamics> VectorEnv for SyncVectorEnv<D> {
     }
 
     fn set_state(&mut self, i: usize, state: &[f64]) -> Result<(), EnvError> {
-        let why = if i >= self.n {
-            Some(format!("copy {i} does not exist (num_envs = {})", self.n))
-        } else if state.len() != D::STATE_DIM {
-            Some(format!(
-                "expected {} values, got {}",
-                D::STATE_DIM,
-                state.len()
-            ))
-        } else if state.iter().any(|v| !v.is_finite()) {
-            Some("values must be finite".to_string())
-        } else {
-            None
-        };
-        if let Some(why) = why {
+        if i >= self.n {
             return Err(EnvError::InvalidState {
                 env: self.id.into(),
                 state: state.to_vec(),
-                why,
+                why: format!("copy {i} does not exist (num_envs = {})", self.n),
             });
         }
+        validate_state(self.id, D::STATE_DIM, state)?;
         let mut s = [0.0; MAX_STATE_DIM];
         s[..D::STATE_DIM].copy_from_slice(state);
         self.scatter(i, &s);
