@@ -41,6 +41,22 @@ funcrl rollout --config configs/rollout/cartpole_random.toml --set episodes=3"
     Rollout(RolloutArgs),
     /// List the registered environments with their spaces, time limits and reward thresholds.
     Envs,
+    /// Train a model-based agent (mle, funcid, omd, vep) or the model-free soft-Q reference.
+    ///
+    /// Writes a run directory (config, seed, code version, evals.csv, losses.csv, log.h5,
+    /// checkpoint.h5, summary.json); --resume continues a run from its last checkpoint.
+    #[command(
+        after_help = "Examples:\n  funcrl train --config configs/rl/cartpole_funcid.toml --seed 3\n  \
+funcrl train --config configs/rl/cartpole_mle.toml --set total_steps=20000 --set agent.mode=paper\n  \
+funcrl train --resume runs/CartPole-v1__funcid__3__20261125T170000"
+    )]
+    Train(crate::train::TrainArgs),
+    /// Train several agents over several seeds in parallel processes, then plot mean ± std
+    /// learning curves (curves.png) and tabulate final return, AUC and steps to the threshold.
+    #[command(
+        after_help = "Example:\n  funcrl compare --config configs/rl/cartpole_mle.toml configs/rl/cartpole_funcid.toml configs/rl/cartpole_omd.toml --seeds 0,1,2,3,4"
+    )]
+    Compare(crate::train::CompareArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -186,6 +202,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout(args) => {
             let cfg = args.resolve()?;
             rollout::run(&cfg, &mut out)?;
+        }
+        Command::Train(args) => {
+            let dir = crate::train::train(&args)?;
+            writeln!(out, "{}", dir.display())?;
+        }
+        Command::Compare(args) => {
+            let table = crate::train::compare(&args)?;
+            write!(out, "{table}")?;
         }
         Command::Envs => {
             writeln!(

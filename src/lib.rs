@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod rollout;
+pub mod train;
 
 pub use funcrl_envs as envs;
 pub mod plot;

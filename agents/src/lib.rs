@@ -14,4 +14,4 @@ pub use agent::{
 };
 pub use replay::{Batch, PerConfig, ReplayBuffer, Transition};
 pub use targets::Ending;
-pub use trainer::{TrainConfig, Trainer};
+pub use trainer::{ReplayConfig, TrainConfig, Trainer};

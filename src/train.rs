@@ -1,0 +1,414 @@
+//! `funcrl train` and `funcrl compare`: the CLI around `funcrl_agents::Trainer` — configs, run
+//! directories, progress, CSV/HDF5 logs with fixed metric names, atomic checkpoints, resume, and
+//! the NaN/Inf stop that keeps the last good checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use funcrl_agents::{TrainConfig, Trainer, h5io};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{self, UsageError};
+use crate::plot::{self, Band};
+use crate::rundir::{CsvLog, RunDir, write_atomic_with};
+
+/// Column names never change (CleanRL style), so every run plots the same way.
+pub const EVAL_COLUMNS: [&str; 4] = [
+    "global_step",
+    "charts/episodic_return",
+    "charts/episodic_return_std",
+    "charts/SPS",
+];
+pub const LOSS_COLUMNS: [&str; 4] = [
+    "global_step",
+    "losses/q_loss",
+    "losses/model_loss",
+    "losses/outer_loss",
+];
+pub const CHECKPOINT: &str = "checkpoint.h5";
+
+#[derive(Args, Debug, Default)]
+pub struct TrainArgs {
+    /// TOML config (see configs/rl/); not needed with --resume.
+    #[arg(long, required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Seed (overrides the config's `seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override a config field, e.g. --set total_steps=5000 or --set agent.mode=paper.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Continue the run in RUN_DIR from its last checkpoint (same numbers as an uninterrupted run);
+    /// --set total_steps=N extends it.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "seed"])]
+    pub resume: Option<PathBuf>,
+    /// Where run directories are created.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn load_config(
+    path: &Path,
+    overrides: &[String],
+    seed: Option<u64>,
+) -> Result<TrainConfig, UsageError> {
+    let mut o = overrides.to_vec();
+    if let Some(s) = seed {
+        o.push(format!("seed={s}"));
+    }
+    let cfg: TrainConfig = config::load(path, &o)?;
+    cfg.validate()
+        .map_err(|e| UsageError::new(format!("invalid config {}: {e}", path.display())))?;
+    Ok(cfg)
+}
+
+/// Runs `funcrl train`; returns the run directory.
+pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
+    let (run, mut trainer, resumed) = match &args.resume {
+        Some(dir) => {
+            let run = RunDir::open(dir).map_err(|e| UsageError::new(e.to_string()))?;
+            let cfg = load_config(&run.file("config.toml"), &args.overrides, None)?;
+            run.write_config(&cfg)?;
+            let ckpt = run.file(CHECKPOINT);
+            if !ckpt.is_file() {
+                return Err(UsageError::new(format!(
+                    "{} has no {CHECKPOINT} to resume from",
+                    dir.display()
+                ))
+                .into());
+            }
+            let t = Trainer::load_checkpoint(cfg, &ckpt)
+                .with_context(|| format!("resuming from {}", ckpt.display()))?;
+            (run, t, true)
+        }
+        None => {
+            let path = args.config.as_ref().expect("clap requires --config");
+            let cfg = load_config(path, &args.overrides, args.seed)?;
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            let run = RunDir::create(&args.out, &[&cfg.env, cfg.agent.name()], cfg.seed, &cfg)?;
+            let t = Trainer::new(cfg).map_err(|e| UsageError::new(e.to_string()))?;
+            (run, t, false)
+        }
+    };
+    let cfg = trainer.cfg.clone();
+    let (mut evals, mut losses) = if resumed {
+        let keep = trainer.step as f64 + 0.5;
+        run.log(&format!(
+            "resumed at step {} from {CHECKPOINT}",
+            trainer.step
+        ))?;
+        (
+            CsvLog::resume(&run.file("evals.csv"), &EVAL_COLUMNS, keep)?,
+            CsvLog::resume(&run.file("losses.csv"), &LOSS_COLUMNS, keep)?,
+        )
+    } else {
+        run.log(&format!(
+            "train {} on {} seed {} for {} steps -> {}",
+            cfg.agent.name(),
+            cfg.env,
+            cfg.seed,
+            cfg.total_steps,
+            run.path().display()
+        ))?;
+        (
+            CsvLog::create(&run.file("evals.csv"), &EVAL_COLUMNS)?,
+            CsvLog::create(&run.file("losses.csv"), &LOSS_COLUMNS)?,
+        )
+    };
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(cfg.total_steps)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(trainer.step);
+    let (mut sum, mut count) = ([0.0f64; 3], 0u64);
+    let mut last_ckpt = if resumed { Some(trainer.step) } else { None };
+    let (t0, s0) = (Instant::now(), trainer.step);
+    while !trainer.done() {
+        let out = trainer.env_step()?;
+        let step = trainer.step;
+        if let Some(u) = out.update {
+            if let Some((name, value)) = u.non_finite() {
+                let keep = match last_ckpt {
+                    Some(s) => format!(
+                        "the last good checkpoint (step {s}) is kept in {}",
+                        run.file(CHECKPOINT).display()
+                    ),
+                    None => "no checkpoint was written before it".to_string(),
+                };
+                let msg = format!("{name} = {value} at step {step}: run stopped; {keep}");
+                run.log(&format!("error: {msg}"))?;
+                bar.abandon();
+                bail!(msg);
+            }
+            sum[0] += u.q_loss;
+            sum[1] += u.model_loss;
+            sum[2] += u.outer_loss;
+            count += 1;
+        }
+        if step.is_multiple_of(cfg.log_every) && count > 0 {
+            let n = count as f64;
+            losses.row(&[step as f64, sum[0] / n, sum[1] / n, sum[2] / n])?;
+            (sum, count) = ([0.0; 3], 0);
+        }
+        if step.is_multiple_of(cfg.eval_every) {
+            let r = trainer.evaluate()?;
+            let (m, sd) = mean_std(&r);
+            let sps = (step - s0) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            evals.row(&[step as f64, m, sd, sps])?;
+            bar.set_message(format!("eval return {m:.1}"));
+        }
+        let ckpt_due = cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every);
+        if ckpt_due || trainer.done() {
+            write_atomic_with(&run.file(CHECKPOINT), |tmp| {
+                trainer
+                    .save_checkpoint(tmp)
+                    .map_err(|e| anyhow::anyhow!("writing checkpoint: {e}"))
+            })?;
+            write_log_h5(&run)?;
+            last_ckpt = Some(step);
+        }
+        bar.set_position(step);
+    }
+    bar.finish_and_clear();
+    let summary = summarize(&read_evals(&run.file("evals.csv"))?, &cfg.env);
+    run.write(
+        "summary.json",
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    run.log(&format!(
+        "done: {} steps in {:.1} s; final eval return {:.1}",
+        trainer.step,
+        t0.elapsed().as_secs_f64(),
+        summary.final_return
+    ))?;
+    Ok(run.path().to_path_buf())
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n;
+    (m, var.sqrt())
+}
+
+/// (step, mean eval return) rows of evals.csv.
+pub fn read_evals(path: &Path) -> anyhow::Result<Vec<(f64, f64)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut it = l.split(',').map(|c| c.parse::<f64>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .collect())
+}
+
+fn write_log_h5(run: &RunDir) -> anyhow::Result<()> {
+    let read = |name: &str, cols: usize| -> Vec<Vec<f64>> {
+        let text = std::fs::read_to_string(run.file(name)).unwrap_or_default();
+        let mut out = vec![Vec::new(); cols];
+        for l in text.lines().skip(1) {
+            for (i, c) in l.split(',').enumerate().take(cols) {
+                out[i].push(c.parse().unwrap_or(f64::NAN));
+            }
+        }
+        out
+    };
+    let e = read("evals.csv", EVAL_COLUMNS.len());
+    let l = read("losses.csv", LOSS_COLUMNS.len());
+    let mut series: Vec<(String, &[f64])> = vec![];
+    for (i, c) in EVAL_COLUMNS.iter().enumerate() {
+        series.push((format!("evals/{c}"), &e[i]));
+    }
+    for (i, c) in LOSS_COLUMNS.iter().enumerate() {
+        series.push((format!("losses/{c}"), &l[i]));
+    }
+    let refs: Vec<(&str, &[f64])> = series.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    write_atomic_with(&run.file("log.h5"), |tmp| {
+        h5io::write_series(tmp, &refs).map_err(|e| anyhow::anyhow!("writing log.h5: {e}"))
+    })
+}
+
+/// Final return, area under the curve (mean eval return over the run) and the first step whose
+/// mean eval return reaches the env's threshold (CartPole-v1: 475).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub final_return: f64,
+    pub auc: f64,
+    pub threshold: Option<f64>,
+    pub steps_to_threshold: Option<f64>,
+}
+
+pub fn summarize(evals: &[(f64, f64)], env: &str) -> Summary {
+    let threshold = funcrl_envs::spec(env).ok().and_then(|s| s.reward_threshold);
+    Summary {
+        final_return: evals.last().map_or(f64::NAN, |e| e.1),
+        auc: evals.iter().map(|e| e.1).sum::<f64>() / evals.len().max(1) as f64,
+        threshold,
+        steps_to_threshold: threshold.and_then(|t| evals.iter().find(|e| e.1 >= t).map(|e| e.0)),
+    }
+}
+
+#[derive(Args, Debug, Default)]
+pub struct CompareArgs {
+    /// One config per agent (e.g. configs/rl/cartpole_{mle,funcid,omd}.toml).
+    #[arg(long = "config", required = true, num_args = 1..)]
+    pub configs: Vec<PathBuf>,
+    /// Seeds to run for every config.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4")]
+    pub seeds: Vec<u64>,
+    /// Overrides applied to every config.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Output folder: runs/, curves.png, summary.md.
+    #[arg(long, default_value = "compare")]
+    pub out: PathBuf,
+    /// Parallel processes [default: the number of cores].
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+/// Runs every (config, seed) as a child `funcrl train` process, then plots and tabulates.
+pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
+    // Validate everything before starting anything.
+    let mut names = vec![];
+    for c in &args.configs {
+        let cfg = load_config(c, &args.overrides, None)?;
+        names.push(format!("{}", cfg.agent.name()));
+    }
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let exe = std::env::current_exe()?;
+    let mut queue = vec![];
+    for (ci, c) in args.configs.iter().enumerate() {
+        for &s in &args.seeds {
+            let out = args
+                .out
+                .join("runs")
+                .join(format!("{ci}_{}_{s}", names[ci]));
+            queue.push((ci, s, c.clone(), out));
+        }
+    }
+    let mut running: Vec<(std::process::Child, usize)> = vec![];
+    let mut done: Vec<(usize, PathBuf)> = vec![];
+    let mut next = 0;
+    while next < queue.len() || !running.is_empty() {
+        while running.len() < jobs && next < queue.len() {
+            let (ci, s, c, out) = &queue[next];
+            std::fs::create_dir_all(out)?;
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("train")
+                .arg("--config")
+                .arg(c)
+                .arg("--seed")
+                .arg(s.to_string())
+                .arg("--out")
+                .arg(out)
+                .arg("--quiet");
+            for o in &args.overrides {
+                cmd.arg("--set").arg(o);
+            }
+            cmd.stderr(std::fs::File::create(out.join("stderr.log"))?);
+            eprintln!("start {} seed {s}", names[*ci]);
+            running.push((cmd.spawn()?, next));
+            next += 1;
+            let _ = ci;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut k = 0;
+        while k < running.len() {
+            if let Some(status) = running[k].0.try_wait()? {
+                let (_, qi) = running.remove(k);
+                let (ci, s, _, out) = &queue[qi];
+                if !status.success() {
+                    bail!(
+                        "{} seed {s} failed ({status}); see {}",
+                        names[*ci],
+                        out.join("stderr.log").display()
+                    );
+                }
+                done.push((qi, out.clone()));
+            } else {
+                k += 1;
+            }
+        }
+    }
+    // One run directory per output folder.
+    let mut per_agent: Vec<Vec<Vec<(f64, f64)>>> = vec![vec![]; args.configs.len()];
+    for (qi, out) in &done {
+        let dir = std::fs::read_dir(out)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.join("evals.csv").is_file())
+            .with_context(|| format!("no run directory in {}", out.display()))?;
+        per_agent[queue[*qi].0].push(read_evals(&dir.join("evals.csv"))?);
+    }
+    let env = load_config(&args.configs[0], &args.overrides, None)?.env;
+    let mut bands = vec![];
+    let mut table = format!(
+        "| agent | config | seeds | final return | AUC | steps to threshold (reached/seeds) |\n|---|---|---:|---:|---:|---:|\n"
+    );
+    for (ci, runs) in per_agent.iter().enumerate() {
+        let len = runs.iter().map(Vec::len).min().unwrap_or(0);
+        let x: Vec<f64> = runs
+            .first()
+            .map_or(vec![], |r| r[..len].iter().map(|e| e.0).collect());
+        let (mut mean, mut std) = (vec![], vec![]);
+        for i in 0..len {
+            let v: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
+            let (m, s) = mean_std(&v);
+            mean.push(m);
+            std.push(s);
+        }
+        bands.push(Band {
+            name: names[ci].clone(),
+            x,
+            mean,
+            std,
+        });
+        let sums: Vec<Summary> = runs.iter().map(|r| summarize(r, &env)).collect();
+        let (fm, fs) = mean_std(&sums.iter().map(|s| s.final_return).collect::<Vec<_>>());
+        let (am, as_) = mean_std(&sums.iter().map(|s| s.auc).collect::<Vec<_>>());
+        let reached: Vec<f64> = sums.iter().filter_map(|s| s.steps_to_threshold).collect();
+        let steps = if reached.is_empty() {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.0} ({}/{})",
+                mean_std(&reached).0,
+                reached.len(),
+                sums.len()
+            )
+        };
+        table.push_str(&format!(
+            "| {} | {} | {} | {fm:.1} ± {fs:.1} | {am:.1} ± {as_:.1} | {steps} |\n",
+            names[ci],
+            args.configs[ci].display(),
+            runs.len()
+        ));
+    }
+    plot::curves(
+        &args.out.join("curves.png"),
+        &format!("{env}: eval return (mean ± std over seeds)"),
+        "env steps",
+        "episodic return",
+        &bands,
+        false,
+    )?;
+    crate::rundir::write_atomic(&args.out.join("summary.md"), table.as_bytes())?;
+    Ok(table)
+}

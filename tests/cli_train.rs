@@ -1,0 +1,265 @@
+//! End-to-end tests of `funcrl train` / `funcrl compare`: a smoke run of every agent, resume
+//! equality, the NaN/Inf stop, config errors (exit 2), and a small compare.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_funcrl");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config(agent: &str) -> String {
+    root()
+        .join(format!("configs/rl/cartpole_{agent}.toml"))
+        .display()
+        .to_string()
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("funcrl-cli-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny budget: 200 random steps, 200 steps with updates on batches of 32.
+const SMALL: &[&str] = &[
+    "--set",
+    "total_steps=400",
+    "--set",
+    "warmup_steps=200",
+    "--set",
+    "batch_size=32",
+    "--set",
+    "eval_every=200",
+    "--set",
+    "eval_episodes=2",
+    "--set",
+    "checkpoint_every=200",
+    "--set",
+    "replay.capacity=1000",
+    "--quiet",
+];
+
+fn train(args: &[&str]) -> Output {
+    Command::new(BIN).arg("train").args(args).output().unwrap()
+}
+
+fn run_dir(out: &Output) -> PathBuf {
+    assert!(
+        out.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout.clone()).unwrap().trim())
+}
+
+fn rows(path: &Path) -> Vec<Vec<f64>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|c| c.parse().unwrap()).collect())
+        .collect()
+}
+
+#[test]
+fn every_agent_trains_for_a_few_hundred_steps() {
+    let out = tmp("smoke");
+    let o = out.display().to_string();
+    let cases: &[(&str, &[&str])] = &[
+        ("mle", &[]),
+        ("funcid", &[]),
+        ("funcid", &["--set", "agent.mode=paper"]),
+        (
+            "funcid",
+            &[
+                "--set",
+                "agent.mode=network",
+                "--set",
+                "agent.adjoint_steps=2",
+            ],
+        ),
+        ("omd", &[]),
+        (
+            "omd",
+            &[
+                "--set",
+                "agent.inverse=cg",
+                "--set",
+                "agent.cg_iterations=2",
+            ],
+        ),
+        ("vep", &[]),
+        (
+            "modelfree",
+            &["--set", "replay.prioritized={alpha=0.6, beta0=0.4}"],
+        ),
+    ];
+    for (agent, extra) in cases {
+        let c = config(agent);
+        let mut args = vec!["--config", c.as_str(), "--out", o.as_str()];
+        args.extend_from_slice(SMALL);
+        args.extend_from_slice(extra);
+        let dir = run_dir(&train(&args));
+        for f in [
+            "config.toml",
+            "meta.json",
+            "checkpoint.h5",
+            "log.h5",
+            "summary.json",
+        ] {
+            assert!(dir.join(f).is_file(), "{agent}: {f} missing");
+        }
+        let e = rows(&dir.join("evals.csv"));
+        assert_eq!(
+            e.iter().map(|r| r[0]).collect::<Vec<_>>(),
+            vec![200.0, 400.0]
+        );
+        assert!(e.iter().all(|r| r[1] >= 8.0), "{agent}: {e:?}");
+        let l = rows(&dir.join("losses.csv"));
+        assert_eq!(l.len(), 2, "{agent}: loss rows at 300 and 400");
+        assert!(l.iter().flatten().all(|v| v.is_finite()), "{agent}: {l:?}");
+        let header = std::fs::read_to_string(dir.join("losses.csv")).unwrap();
+        assert!(
+            header.starts_with("global_step,losses/q_loss,losses/model_loss,losses/outer_loss")
+        );
+    }
+}
+
+#[test]
+fn resume_gives_the_numbers_of_an_uninterrupted_run() {
+    let out = tmp("resume");
+    let c = config("funcid");
+    let (a, b) = (out.join("a"), out.join("b"));
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    let base = |total: &'static str, o: &str| -> Vec<String> {
+        let mut v: Vec<String> = ["--config", &c, "--out", o]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(SMALL.iter().map(|s| s.to_string()));
+        v.extend(["--set".to_string(), total.to_string()]);
+        v
+    };
+    let full = base("total_steps=600", &a);
+    let dir_a = run_dir(&train(&full.iter().map(String::as_str).collect::<Vec<_>>()));
+    let part = base("total_steps=400", &b);
+    let dir_b = run_dir(&train(&part.iter().map(String::as_str).collect::<Vec<_>>()));
+    let db = dir_b.display().to_string();
+    let resumed = run_dir(&train(&[
+        "--resume",
+        &db,
+        "--set",
+        "total_steps=600",
+        "--quiet",
+    ]));
+    assert_eq!(resumed, dir_b);
+    // losses carry full precision: equal rows mean the same parameters at every logged step
+    assert_eq!(
+        std::fs::read_to_string(dir_a.join("losses.csv")).unwrap(),
+        std::fs::read_to_string(dir_b.join("losses.csv")).unwrap()
+    );
+    let strip =
+        |p: &Path| -> Vec<Vec<f64>> { rows(p).into_iter().map(|r| r[..3].to_vec()).collect() };
+    assert_eq!(
+        strip(&dir_a.join("evals.csv")),
+        strip(&dir_b.join("evals.csv"))
+    );
+    assert_eq!(rows(&dir_a.join("evals.csv")).len(), 3);
+}
+
+#[test]
+fn non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let out = tmp("nan");
+    let (c, o) = (config("mle"), out.display().to_string());
+    let mut args = vec!["--config", c.as_str(), "--out", o.as_str()];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(&["--set", "q.lr=1e300"]);
+    let r = train(&args);
+    assert_eq!(r.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("losses/") && err.contains("at step") && err.contains("checkpoint (step 200)"),
+        "{err}"
+    );
+    let dir = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(dir.join("checkpoint.h5").is_file());
+    // the kept checkpoint resumes (and fails again the same way, not on a torn file)
+    let r2 = train(&["--resume", &dir.display().to_string(), "--quiet"]);
+    assert_eq!(r2.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r2.stderr).contains("at step"));
+}
+
+#[test]
+fn config_errors_name_the_field_and_exit_2() {
+    let c = config("funcid");
+    let out = tmp("bad");
+    let o = out.display().to_string();
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--set", "totl_steps=5"],
+            &["unknown field `totl_steps`", "total_steps"],
+        ),
+        (
+            &["--set", "agent.kind=dqn"],
+            &["unknown variant `dqn`", "funcid", "omd", "vep"],
+        ),
+        (
+            &["--set", "agent.mode=exact"],
+            &["unknown variant `exact`", "full", "paper"],
+        ),
+        (
+            &["--set", "model.predict=gaussian"],
+            &["`next_state`", "`delta`"],
+        ),
+        (&["--set", "env=Pendulum-v1"], &["continuous action space"]),
+        (&["--set", "env=CartPole-v9"], &["CartPole-v1"]),
+        (
+            &["--set", "warmup_steps=10"],
+            &["warmup_steps", "batch_size"],
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["--config", c.as_str(), "--out", o.as_str(), "--quiet"];
+        args.extend_from_slice(extra);
+        let r = train(&args);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{extra:?}: {err}");
+        for w in *want {
+            assert!(err.contains(w), "{extra:?}: '{w}' not in {err}");
+        }
+    }
+    let r = train(&["--resume", &o]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not a run directory"));
+}
+
+#[test]
+fn compare_plots_and_tabulates() {
+    let out = tmp("compare");
+    let (m, f) = (config("mle"), config("funcid"));
+    let mut args: Vec<&str> = vec![
+        "compare", "--config", &m, &f, "--seeds", "0,1", "--jobs", "2",
+    ];
+    let o = out.display().to_string();
+    args.extend_from_slice(&["--out", &o]);
+    for s in SMALL.iter().filter(|s| **s != "--quiet") {
+        args.push(s);
+    }
+    let r = Command::new(BIN).args(&args).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let table = String::from_utf8(r.stdout).unwrap();
+    assert!(
+        table.contains("| mle |") && table.contains("| funcid |"),
+        "{table}"
+    );
+    assert!(out.join("curves.png").is_file() && out.join("summary.md").is_file());
+}
