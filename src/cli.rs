@@ -41,6 +41,14 @@ funcrl rollout --config configs/rollout/cartpole_random.toml --set episodes=3"
     Rollout(RolloutArgs),
     /// List the registered environments with their spaces, time limits and reward thresholds.
     Envs,
+    /// Instrumental-variable regression: linear 2SLS on your data, or a deep IV run (DFIV, FuncID,
+    /// FuncID-linear, AID, ITD, penalty) from a config, writing a run directory.
+    #[command(
+        after_help = "Examples:\n  funcrl iv --method 2sls --data d.csv --outcome y --treatment t1,t2 --instrument z1,z2 --exog x1 --format json\n  \
+funcrl iv --config configs/iv/dsprites_funcid.toml --seed 3\n  \
+funcrl iv --config configs/iv/demand_dfiv.toml --set data.rho=0.25 --set iterations=20"
+    )]
+    Iv(crate::iv::IvArgs),
     /// Train a model-based agent (mle, funcid, omd, vep) or the model-free soft-Q reference.
     ///
     /// Writes a run directory (config, seed, code version, evals.csv, losses.csv, log.h5,
@@ -203,6 +211,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = args.resolve()?;
             rollout::run(&cfg, &mut out)?;
         }
+        Command::Iv(args) => crate::iv::run(&args, &mut out)?,
         Command::Train(args) => {
             let dir = crate::train::train(&args)?;
             writeln!(out, "{}", dir.display())?;

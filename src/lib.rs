@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod iv;
 pub mod rollout;
 pub mod train;
 
