@@ -55,7 +55,7 @@ funcrl iv --config configs/iv/demand_dfiv.toml --set data.rho=0.25 --set iterati
     /// checkpoint.h5, summary.json); --resume continues a run from its last checkpoint.
     #[command(
         after_help = "Examples:\n  funcrl train --config configs/rl/cartpole_funcid.toml --seed 3\n  \
-funcrl train --config configs/rl/cartpole_mle.toml --set total_steps=20000 --set agent.mode=paper\n  \
+funcrl train --config configs/rl/cartpole_funcid.toml --set total_steps=20000 --set agent.mode=paper\n  \
 funcrl train --resume runs/CartPole-v1__funcid__3__20261125T170000"
     )]
     Train(crate::train::TrainArgs),

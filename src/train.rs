@@ -287,7 +287,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
     let mut names = vec![];
     for c in &args.configs {
         let cfg = load_config(c, &args.overrides, None)?;
-        names.push(format!("{}", cfg.agent.name()));
+        names.push(cfg.agent.name().to_string());
     }
     let jobs = args
         .jobs
@@ -359,9 +359,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
     }
     let env = load_config(&args.configs[0], &args.overrides, None)?.env;
     let mut bands = vec![];
-    let mut table = format!(
-        "| agent | config | seeds | final return | AUC | steps to threshold (reached/seeds) |\n|---|---|---:|---:|---:|---:|\n"
-    );
+    let mut table = "| agent | config | seeds | final return | AUC | steps to threshold (reached/seeds) |\n|---|---|---:|---:|---:|---:|\n".to_string();
     for (ci, runs) in per_agent.iter().enumerate() {
         let len = runs.iter().map(Vec::len).min().unwrap_or(0);
         let x: Vec<f64> = runs

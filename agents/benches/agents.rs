@@ -101,6 +101,44 @@ fn main() {
         dt * 1000.0
     );
 
+    // Where the time goes: one Adam step on Q's parameters, one Polyak average, one forward +
+    // backward of the Q loss, and a single tiny tensor op (the per-op floor).
+    {
+        use funcrl_bilevel::{Optimizer, OptimizerConfig};
+        let q = agent.q.clone();
+        let g = q.scale(1e-3);
+        let mut opt = Optimizer::new(OptimizerConfig::adam(1e-3));
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let t = Instant::now();
+            for _ in 0..200 {
+                f();
+            }
+            t.elapsed().as_secs_f64() / 200.0 * 1e6
+        };
+        let adam = time(&mut || {
+            let _ = opt.step(&q, &g);
+        });
+        let polyak = time(&mut || {
+            let _ = q.scale(0.99).axpy(0.01, &q).detached();
+        });
+        let d = agent.tensors(&batch);
+        let fb = time(&mut || {
+            let th = q.tracked();
+            let v = funcrl_bilevel::InnerModel::forward(&agent.qnet, &th, &d.s).output;
+            let l = funcrl_agents::agent::q_loss_t(v, d.r.clone(), &d.onehot2, &d.w);
+            let _ = th.grads(&l.backward());
+        });
+        let t1 = q.0[1].clone();
+        let op = time(&mut || {
+            let _ = t1.clone() + t1.clone();
+        });
+        println!(
+            "  breakdown: Adam step on Q ({} tensors) {adam:.0} us, Polyak {polyak:.0} us, Q loss forward+backward {fb:.0} us, one [1,32] add {op:.1} us",
+            q.len()
+        );
+    }
+
     // 2. Whole loop: `steps` env steps after warm-up, one update each (evaluation excluded).
     println!("\nwall time per 1,000 env steps (CartPole-v1, one update per step, batch 256, f64):");
     for (name, learning) in agents() {

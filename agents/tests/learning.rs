@@ -16,7 +16,7 @@ fn short_modelfree_run_beats_random() {
     let mut late = vec![];
     while !t.done() {
         t.env_step().unwrap();
-        if t.step % 500 == 0 && t.step >= 2000 {
+        if t.step.is_multiple_of(500) && t.step >= 2000 {
             late.extend(t.evaluate().unwrap());
         }
     }
