@@ -5,6 +5,9 @@
 pub mod data;
 pub mod dsprites;
 pub mod generate;
+pub mod nets;
+pub mod problem;
+pub mod run;
 pub mod tsls;
 
 use std::io::Write;
@@ -71,13 +74,24 @@ fn required<'a, T>(v: &'a Option<T>, flag: &str) -> Result<&'a T, UsageError> {
 
 /// Runs `funcrl iv`.
 pub fn run(args: &IvArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    if args.method.as_deref() == Some("2sls") {
+    if args.method.as_deref() == Some("2sls") && args.config.is_none() {
         return run_2sls(args, out);
     }
-    Err(UsageError::new(
-        "deep IV runs need --config configs/iv/<name>.toml (or --method 2sls with --data)",
-    )
-    .into())
+    let Some(path) = &args.config else {
+        return Err(UsageError::new(
+            "deep IV runs need --config configs/iv/<name>.toml (or --method 2sls with --data and the column flags)",
+        )
+        .into());
+    };
+    let cfg = run::load(
+        path,
+        &args.overrides,
+        args.seed,
+        args.method.as_deref(),
+        args.data.as_deref(),
+        args.out.as_deref(),
+    )?;
+    run::cli(&cfg, out)
 }
 
 fn run_2sls(args: &IvArgs, out: &mut dyn Write) -> anyhow::Result<()> {

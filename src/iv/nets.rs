@@ -1,0 +1,237 @@
+//! The IV networks of SPEC §2 on plain [`Params`]: linear layers with spectral normalisation,
+//! LayerNorm (with gain and bias), ReLU, and a Tanh head for the treatment network.
+//!
+//! Spectral norm divides W by σ̂ = ‖uW‖ with u a unit vector from power iteration. u is held
+//! fixed during a forward and refreshed only by [`Net::refresh`] (one power step per outer
+//! iteration, as PyTorch's `spectral_norm` does one per training forward): the forward is then a
+//! pure function of the parameters, which the finite-difference Hessian products of AID/ITD/penalty
+//! and the gradient tests need.
+
+use std::cell::RefCell;
+
+use burn::tensor::{Tensor, activation};
+use funcrl_bilevel::{Ctx, Forward, InnerModel, Params, ctx::to_vec};
+use rand::{RngExt, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Act {
+    Relu,
+    Tanh,
+}
+
+/// One linear layer's post-processing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Layer {
+    pub layer_norm: bool,
+    pub act: Act,
+}
+
+/// An MLP whose last `features` block is followed (for the instrument net) by a linear head.
+#[derive(Debug)]
+pub struct Net {
+    pub widths: Vec<usize>,
+    pub layers: Vec<Layer>,
+    pub spectral_norm: bool,
+    /// Linear head appended after the last layer (the inner model's `[W, b]`), width `head`.
+    pub head: Option<usize>,
+    u: RefCell<Vec<Option<Tensor<2>>>>,
+}
+
+impl Net {
+    /// `widths` = [input, hidden.., features]; LayerNorm after every layer but the first.
+    pub fn new(
+        widths: Vec<usize>,
+        final_act: Act,
+        layer_norm: bool,
+        spectral_norm: bool,
+        head: Option<usize>,
+    ) -> Self {
+        let k = widths.len() - 1;
+        let layers = (0..k)
+            .map(|l| Layer {
+                layer_norm: layer_norm && l > 0,
+                act: if l == k - 1 { final_act } else { Act::Relu },
+            })
+            .collect();
+        Self {
+            u: RefCell::new(vec![None; k]),
+            widths,
+            layers,
+            spectral_norm,
+            head,
+        }
+    }
+
+    fn per_layer(&self, l: usize) -> usize {
+        if self.layers[l].layer_norm { 4 } else { 2 }
+    }
+
+    /// PyTorch-style U(±1/√fan_in) weights and biases, LayerNorm gain 1 and bias 0.
+    pub fn init(&self, ctx: &Ctx, rng: &mut StdRng) -> Params {
+        let mut out = Vec::new();
+        let linear = |i: usize, o: usize, rng: &mut StdRng, out: &mut Vec<Tensor<2>>| {
+            let b = 1.0 / (i as f64).sqrt();
+            let mut draw =
+                |n: usize| -> Vec<f64> { (0..n).map(|_| b * (2.0 * rng.random::<f64>() - 1.0)).collect() };
+            out.push(ctx.tensor2(draw(i * o), i, o));
+            out.push(ctx.tensor2(draw(o), 1, o));
+        };
+        for l in 0..self.layers.len() {
+            let (i, o) = (self.widths[l], self.widths[l + 1]);
+            linear(i, o, rng, &mut out);
+            if self.layers[l].layer_norm {
+                out.push(ctx.ones2(1, o));
+                out.push(ctx.zeros2(1, o));
+            }
+        }
+        if let Some(h) = self.head {
+            linear(*self.widths.last().expect("widths"), h, rng, &mut out);
+        }
+        Params::new(out)
+    }
+
+    /// W / σ̂(W) with the stored power-iteration vector (W itself without spectral norm).
+    fn weight(&self, l: usize, w: &Tensor<2>) -> Tensor<2> {
+        if !self.spectral_norm {
+            return w.clone();
+        }
+        let u = self.u.borrow()[l].clone();
+        let Some(u) = u else {
+            return w.clone();
+        };
+        // v = uW/‖uW‖ (constant), σ̂ = u W vᵀ = ‖uW‖, differentiable in W.
+        let uw = u.clone().matmul(w.clone().detach());
+        let v = uw.clone().div(uw.square().sum().sqrt().reshape([1, 1]));
+        let sigma = u.matmul(w.clone()).mul(v).sum().reshape([1, 1]);
+        w.clone().mul(sigma.recip())
+    }
+
+    /// One power-iteration step per layer (five on the first call) at the current parameters.
+    pub fn refresh(&self, ctx: &Ctx, params: &Params) {
+        if !self.spectral_norm {
+            return;
+        }
+        let mut us = self.u.borrow_mut();
+        let mut at = 0;
+        for l in 0..self.layers.len() {
+            let w = params.0[at].clone().detach();
+            let (steps, mut u) = match &us[l] {
+                Some(u) => (1, u.clone()),
+                None => {
+                    let i = self.widths[l];
+                    (5, ctx.ones2(1, i).mul_scalar(1.0 / (i as f64).sqrt()))
+                }
+            };
+            for _ in 0..steps {
+                let v = u.matmul(w.clone());
+                let v = v.clone().div(v.square().sum().sqrt().reshape([1, 1]));
+                let nu = v.matmul(w.clone().transpose());
+                u = nu.clone().div(nu.square().sum().sqrt().reshape([1, 1]));
+            }
+            us[l] = Some(u.detach());
+            at += self.per_layer(l);
+        }
+    }
+
+    /// Features (after the last layer's activation) and, with a head, the prediction.
+    pub fn run(&self, params: &Params, x: &Tensor<2>) -> (Tensor<2>, Option<Tensor<2>>) {
+        let mut h = x.clone();
+        let mut at = 0;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let w = self.weight(l, &params.0[at]);
+            h = h.matmul(w) + params.0[at + 1].clone();
+            if layer.layer_norm {
+                let m = h.clone().mean_dim(1);
+                let c = h - m;
+                let var = c.clone().square().mean_dim(1);
+                h = c.mul(var.add_scalar(1e-5).sqrt().recip()) * params.0[at + 2].clone()
+                    + params.0[at + 3].clone();
+            }
+            h = match layer.act {
+                Act::Relu => activation::relu(h),
+                Act::Tanh => h.tanh(),
+            };
+            at += self.per_layer(l);
+        }
+        let out = self
+            .head
+            .map(|_| h.clone().matmul(params.0[at].clone()) + params.0[at + 1].clone());
+        (h, out)
+    }
+
+    /// Largest |σ̂ − σ| / σ over layers after `refresh` (diagnostic).
+    pub fn sigma_hat(&self, params: &Params, l: usize) -> f64 {
+        let mut at = 0;
+        for k in 0..l {
+            at += self.per_layer(k);
+        }
+        let w = &params.0[at];
+        let ws = self.weight(l, w);
+        let _ = ws;
+        let u = self.u.borrow()[l].clone().expect("refreshed");
+        let uw = u.matmul(w.clone().detach());
+        to_vec(&uw.square().sum())[0].sqrt()
+    }
+}
+
+impl InnerModel for Net {
+    fn init(&self, ctx: &Ctx, rng: &mut StdRng) -> Params {
+        Net::init(self, ctx, rng)
+    }
+    fn forward(&self, theta: &Params, x: &Tensor<2>) -> Forward {
+        let (features, output) = self.run(theta, x);
+        Forward {
+            features,
+            output: output.expect("the inner model has a head"),
+        }
+    }
+    fn output_dim(&self) -> usize {
+        self.head.expect("the inner model has a head")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use funcrl_bilevel::Precision;
+    use rand::SeedableRng;
+
+    /// After power iteration σ̂ equals the top singular value (checked against ‖W‖₂ from the
+    /// Gram matrix's power method), LayerNorm output has zero mean and unit variance per row.
+    #[test]
+    fn spectral_norm_and_layer_norm() {
+        let ctx = Ctx::flex(Precision::F64);
+        let net = Net::new(vec![5, 7, 3], Act::Tanh, true, true, None);
+        let p = net.init(&ctx, &mut StdRng::seed_from_u64(0));
+        for _ in 0..40 {
+            net.refresh(&ctx, &p);
+        }
+        // Reference: power method on WᵀW on the host.
+        let w = to_vec(&p.0[0]);
+        let (i, o) = (5, 7);
+        let mut v = vec![1.0; o];
+        let mut s = 0.0;
+        for _ in 0..500 {
+            let wv: Vec<f64> = (0..i).map(|r| (0..o).map(|c| w[r * o + c] * v[c]).sum()).collect();
+            let wtwv: Vec<f64> = (0..o).map(|c| (0..i).map(|r| w[r * o + c] * wv[r]).sum()).collect();
+            let n = wtwv.iter().map(|x| x * x).sum::<f64>().sqrt();
+            s = (wv.iter().map(|x| x * x).sum::<f64>()).sqrt() / v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            v = wtwv.iter().map(|x| x / n).collect();
+        }
+        let sh = net.sigma_hat(&p, 0);
+        assert!((sh - s).abs() < 1e-9 * s, "{sh} vs {s}");
+        // LayerNorm before the activation: undo tanh on the second layer's output.
+        let x = ctx.tensor2((0..20).map(|k| (k as f64 * 0.37).sin()).collect(), 4, 5);
+        let (f, _) = net.run(&p, &x);
+        let pre: Vec<f64> = to_vec(&f).iter().map(|y| y.atanh()).collect();
+        for r in 0..4 {
+            let row = &pre[r * 3..r * 3 + 3];
+            let m = row.iter().sum::<f64>() / 3.0;
+            let var = row.iter().map(|y| (y - m).powi(2)).sum::<f64>() / 3.0;
+            // var/(var + 1e-5) < 1 by the LayerNorm epsilon.
+            assert!(m.abs() < 1e-9 && (var - 1.0).abs() < 1e-3, "{m} {var}");
+        }
+    }
+}
