@@ -150,7 +150,7 @@ fn main() {
             updates_per_step: 1,
             batch_size: 256,
             eval_every: 1_000_000,
-            eval_episodes: 0,
+            eval_episodes: 1,
             checkpoint_every: 0,
             log_every: 100,
             precision: Precision::F64,

@@ -117,6 +117,7 @@ impl TrainConfig {
         pos("total_steps", self.total_steps as f64)?;
         pos("batch_size", self.batch_size as f64)?;
         pos("eval_every", self.eval_every as f64)?;
+        pos("eval_episodes", self.eval_episodes as f64)?;
         pos("log_every", self.log_every as f64)?;
         pos("q.lr", self.q.lr)?;
         pos("q.alpha", self.q.alpha)?;
