@@ -61,6 +61,40 @@ impl Ctx {
         Self::new(Device::flex(), precision)
     }
 
+    /// A backend by name: `flex` (always), `ndarray` (feature `ndarray`), `tch` (LibTorch CPU,
+    /// feature `tch`), `wgpu` (feature `wgpu`). An unknown name or one whose feature is not
+    /// compiled in is an error that says which.
+    pub fn named(backend: &str, precision: Precision) -> Result<Self, String> {
+        let device = match backend {
+            "flex" => Device::flex(),
+            #[cfg(feature = "ndarray")]
+            "ndarray" => Device::ndarray(),
+            #[cfg(feature = "tch")]
+            "tch" => Device::libtorch(),
+            #[cfg(feature = "wgpu")]
+            "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(0)),
+            "ndarray" | "tch" | "wgpu" => {
+                return Err(format!(
+                    "backend '{backend}' is not compiled in: rebuild with `--features {backend}` (see bilevel/README.md)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "unknown backend '{other}': allowed flex, ndarray, tch, wgpu"
+                ));
+            }
+        };
+        Ok(Self::new(device, precision))
+    }
+
+    /// The backend named by the `FUNCRL_BACKEND` environment variable (default `flex`). The test
+    /// suite uses it, so `FUNCRL_BACKEND=tch cargo test -p funcrl-bilevel --features tch` runs every
+    /// proof on LibTorch. Panics with the reason on an unusable value.
+    pub fn from_env(precision: Precision) -> Self {
+        let name = std::env::var("FUNCRL_BACKEND").unwrap_or_else(|_| "flex".to_string());
+        Self::named(&name, precision).unwrap_or_else(|e| panic!("FUNCRL_BACKEND: {e}"))
+    }
+
     /// A `[rows, cols]` tensor from row-major host values.
     pub fn tensor2(&self, values: Vec<f64>, rows: usize, cols: usize) -> Tensor<2> {
         assert_eq!(

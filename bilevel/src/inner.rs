@@ -225,7 +225,7 @@ mod tests {
     /// with the state kept, it does not (the moments carry over).
     #[test]
     fn optimizer_state_is_kept_or_reset_by_option() {
-        let ctx = Ctx::flex(Precision::F64);
+        let ctx = Ctx::from_env(Precision::F64);
         let inst = generate(&ctx, DIMS, 30, 10, 1.0, 0.0, LqOracle::Pointwise, false, 1);
         let model = Mlp::new(DIMS.d_z, vec![4], DIMS.d_v, Activation::Tanh);
         let theta0 = model.init(&ctx, &mut StdRng::seed_from_u64(0));
@@ -265,7 +265,7 @@ mod tests {
     /// The closed-form head minimises G over [W; b]: its gradient there is zero.
     #[test]
     fn closed_form_head_zeroes_the_head_gradient() {
-        let ctx = Ctx::flex(Precision::F64);
+        let ctx = Ctx::from_env(Precision::F64);
         let inst = generate(&ctx, DIMS, 40, 10, 1.7, 0.0, LqOracle::Pointwise, false, 2);
         let model = Mlp::new(DIMS.d_z, vec![8], DIMS.d_v, Activation::Relu);
         let theta0 = model.init(&ctx, &mut StdRng::seed_from_u64(1));

@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn linear_mlp_is_xw_plus_b() {
-        let ctx = Ctx::flex(Precision::F64);
+        let ctx = Ctx::from_env(Precision::F64);
         let m = Mlp::new(2, vec![], 1, Activation::Relu);
         let theta = Params::new(vec![
             ctx.tensor2(vec![2.0, -1.0], 2, 1),
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn init_shapes_and_relu_features() {
-        let ctx = Ctx::flex(Precision::F32);
+        let ctx = Ctx::from_env(Precision::F32);
         let m = Mlp::new(3, vec![8, 4], 2, Activation::Relu);
         let theta = m.init(&ctx, &mut StdRng::seed_from_u64(0));
         assert_eq!(theta.numel(), 3 * 8 + 8 + 8 * 4 + 4 + 4 * 2 + 2);

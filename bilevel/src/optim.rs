@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn adam_first_step_moves_each_coordinate_by_lr() {
         // Bias correction makes Adam's first step lr·sign(g) (up to eps).
-        let ctx = Ctx::flex(Precision::F64);
+        let ctx = Ctx::from_env(Precision::F64);
         let p = Params::new(vec![ctx.tensor2(vec![1.0, 1.0], 1, 2)]);
         let g = Params::new(vec![ctx.tensor2(vec![3.0, -0.01], 1, 2)]);
         let out = Optimizer::new(OptimizerConfig::adam(0.1))
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn sgd_minimises_a_quadratic() {
-        let ctx = Ctx::flex(Precision::F64);
+        let ctx = Ctx::from_env(Precision::F64);
         let mut p = Params::new(vec![ctx.tensor2(vec![4.0], 1, 1)]);
         let mut opt = Optimizer::new(OptimizerConfig::sgd(0.25));
         for _ in 0..60 {

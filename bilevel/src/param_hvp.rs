@@ -105,7 +105,7 @@ mod tests {
     /// G is quadratic in θ for a linear model: H = (c/n) Z̃ᵀZ̃ ⊗ I + λ I, exactly.
     #[test]
     fn exact_on_a_quadratic_against_the_closed_form_hessian() {
-        let ctx = Ctx::flex(Precision::F64);
+        let ctx = Ctx::from_env(Precision::F64);
         let (c, ridge) = (1.3, 0.2);
         let inst = generate(&ctx, DIMS, 50, 10, c, 0.0, LqOracle::Pointwise, false, 1);
         let model = Mlp::new(DIMS.d_z, vec![], DIMS.d_v, Activation::Relu);
@@ -148,7 +148,7 @@ mod tests {
     /// (O(ε⁴)); the default step must be close to it in f64 and symmetric (uᵀHw = wᵀHu).
     #[test]
     fn accurate_and_symmetric_on_an_mlp() {
-        let ctx = Ctx::flex(Precision::F64);
+        let ctx = Ctx::from_env(Precision::F64);
         let inst = generate(&ctx, DIMS, 40, 10, 1.0, 0.0, LqOracle::Pointwise, false, 3);
         let model = Mlp::new(DIMS.d_z, vec![16, 16], DIMS.d_v, Activation::Tanh);
         let mut rng = StdRng::seed_from_u64(4);
@@ -188,7 +188,7 @@ mod tests {
         );
 
         // The same products in f32 (step cbrt(eps_f32)) against the f64 reference.
-        let c32 = Ctx::flex(Precision::F32);
+        let c32 = Ctx::from_env(Precision::F32);
         let to32 = |p: &Params| p.from_flat_like(&c32, &p.to_flat());
         let inst32 = generate(&c32, DIMS, 40, 10, 1.0, 0.0, LqOracle::Pointwise, false, 3);
         let so32 = second_order(

@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn algebra_and_flat_round_trip() {
-        let ctx = Ctx::flex(Precision::F64);
+        let ctx = Ctx::from_env(Precision::F64);
         let a = Params::new(vec![
             ctx.tensor2(vec![1., 2., 3., 4.], 2, 2),
             ctx.tensor2(vec![5., 6.], 1, 2),
@@ -165,7 +165,7 @@ mod tests {
 
     #[test]
     fn grads_of_a_tracked_set() {
-        let ctx = Ctx::flex(Precision::F64);
+        let ctx = Ctx::from_env(Precision::F64);
         let p = Params::new(vec![
             ctx.tensor2(vec![1., -2.], 1, 2),
             ctx.tensor2(vec![3.], 1, 1),

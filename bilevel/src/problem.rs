@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn grad_v_is_consistent_and_the_fd_hvp_equals_the_closed_form() {
-        let ctx = Ctx::flex(Precision::F64);
+        let ctx = Ctx::from_env(Precision::F64);
         let dims = LqDims {
             d_z: 3,
             d_t: 2,

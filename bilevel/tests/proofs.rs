@@ -94,7 +94,7 @@ fn aid(iterations: usize, damping: f64) -> MethodConfig {
 
 #[test]
 fn funcid_linear_and_aid_equal_the_closed_form() {
-    let ctx = Ctx::flex(Precision::F64);
+    let ctx = Ctx::from_env(Precision::F64);
     let model = linear_model();
     for ridge in [0.0, 0.3] {
         let inst = generate(
@@ -162,7 +162,7 @@ fn funcid_linear_and_aid_equal_the_closed_form() {
 
 #[test]
 fn funcid_linear_in_f32_is_close() {
-    let (c64, c32) = (Ctx::flex(Precision::F64), Ctx::flex(Precision::F32));
+    let (c64, c32) = (Ctx::from_env(Precision::F64), Ctx::from_env(Precision::F32));
     let model = linear_model();
     let inst64 = generate(
         &c64,
@@ -215,7 +215,7 @@ fn funcid_linear_in_f32_is_close() {
 
 #[test]
 fn itd_approaches_the_closed_form_as_k_grows() {
-    let ctx = Ctx::flex(Precision::F64);
+    let ctx = Ctx::from_env(Precision::F64);
     let model = linear_model();
     let inst = generate(
         &ctx,
@@ -268,7 +268,7 @@ fn itd_approaches_the_closed_form_as_k_grows() {
 
 #[test]
 fn identity_is_biased_by_its_own_formula() {
-    let ctx = Ctx::flex(Precision::F64);
+    let ctx = Ctx::from_env(Precision::F64);
     let model = linear_model();
     let c = 1.0;
     let inst = generate(
@@ -392,7 +392,7 @@ fn value_by_solver(ctx: &Ctx, inst: &LqInstance, model: &Mlp, omega: &Params, ri
 
 #[test]
 fn finite_differences_of_f_match_every_consistent_method() {
-    let ctx = Ctx::flex(Precision::F64);
+    let ctx = Ctx::from_env(Precision::F64);
     let model = linear_model();
     let ridge = 0.05;
     let inst = generate(
@@ -449,7 +449,7 @@ fn finite_differences_of_f_match_every_consistent_method() {
 #[test]
 fn penalty_is_the_gradient_of_the_penalised_objective() {
     use funcrl_bilevel::{BilevelProblem, inner::inner_grad_theta};
-    let ctx = Ctx::flex(Precision::F64);
+    let ctx = Ctx::from_env(Precision::F64);
     let model = Mlp::new(DIMS.d_z, vec![8], DIMS.d_v, Activation::Tanh);
     let inst = generate(
         &ctx,
@@ -511,7 +511,7 @@ fn penalty_is_the_gradient_of_the_penalised_objective() {
 /// FuncID vs the functional (pointwise) closed form, and AID's dependence on damping.
 #[test]
 fn overparameterised_inner_network_funcid_matches_functional_closed_form() {
-    let ctx = Ctx::flex(Precision::F64);
+    let ctx = Ctx::from_env(Precision::F64);
     let n = 24;
     let model = Mlp::new(DIMS.d_z, vec![64, 64], DIMS.d_v, Activation::Tanh);
     let inst = generate(&ctx, DIMS, n, n, 1.0, 0.1, LqOracle::Pointwise, true, 8);
@@ -585,7 +585,7 @@ fn overparameterised_inner_network_funcid_matches_functional_closed_form() {
 
 #[test]
 fn outer_loop_recovers_the_structural_parameters() {
-    let ctx = Ctx::flex(Precision::F64);
+    let ctx = Ctx::from_env(Precision::F64);
     let dims = LqDims {
         d_z: 4,
         d_t: 2,
@@ -727,7 +727,7 @@ impl NeumannDefault for MethodConfig {
 #[test]
 fn funcid_network_adjoint_drives_the_outer_loop_too() {
     // Same IV-like problem; the adjoint is now a (linear) network trained by Adam, warm-started.
-    let ctx = Ctx::flex(Precision::F64);
+    let ctx = Ctx::from_env(Precision::F64);
     let dims = LqDims {
         d_z: 4,
         d_t: 2,
@@ -811,7 +811,7 @@ fn methods_that_need_more_from_the_problem_say_so() {
             self.0.inner_grad_v(o, v, b)
         }
     }
-    let ctx = Ctx::flex(Precision::F64);
+    let ctx = Ctx::from_env(Precision::F64);
     let inst = generate(&ctx, DIMS, 50, 50, 1.0, 0.1, LqOracle::Pointwise, true, 1);
     let run = |method: MethodConfig| {
         let cfg = SolverConfig {
