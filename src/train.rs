@@ -323,7 +323,9 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
             for o in &args.overrides {
                 cmd.arg("--set").arg(o);
             }
-            cmd.stderr(std::fs::File::create(out.join("stderr.log"))?);
+            // Children print their run directory on stdout; keep ours for the table.
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(out.join("stderr.log"))?);
             eprintln!("start {} seed {s}", names[*ci]);
             running.push((cmd.spawn()?, next));
             next += 1;
