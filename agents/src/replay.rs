@@ -518,8 +518,8 @@ mod tests {
                 count[i] += 1;
             }
         }
-        for i in 0..4 {
-            let f = count[i] as f64 / n as f64;
+        for (i, c) in count.iter().enumerate() {
+            let f = *c as f64 / n as f64;
             assert!((f - (i + 1) as f64 / 10.0).abs() < 0.01, "slot {i}: {f}");
         }
         // Importance weights: (N P(i))^-β normalised by the batch max (its rarest slot gets 1).
