@@ -24,7 +24,8 @@ pub enum FuncidMode {
     /// gradient of the bilevel objective; the paper code's version ignores how s'_ω moves V̄).
     #[default]
     Full,
-    /// The paper code's: target at the real next state, so only the reward head learns.
+    /// The paper code's: the model-gradient term takes V̄ at the real next state, so only the
+    /// reward head learns (Q still trains on the model's r_ω + γ·m·V̄(s'_ω)).
     Paper,
     /// A learned network adjoint (the bilevel solver's FuncID method, `adjoint_steps` Adam steps).
     Network,
@@ -460,8 +461,10 @@ impl Agent {
             }
         );
 
-        // 1. Inner step: one Adam step of both Q-networks toward model targets (real for modelfree).
-        let problem = self.problem(full);
+        // 1. Inner step: one Adam step of both Q-networks toward model targets r_ω + γ·m·V̄(s'_ω)
+        // (real targets for modelfree). Every mode trains Q on model data; the paper mode differs
+        // only in the model-gradient term below.
+        let problem = self.problem(true);
         let (y_in, w_in) = match learning {
             ModelLearning::Modelfree => (problem.real_target(&d), d.w.clone()),
             _ => (
@@ -478,7 +481,8 @@ impl Agent {
         let tau = self.cfg.q.tau;
         self.q_target = self.q_target.scale(1.0 - tau).axpy(tau, &self.q).detached();
 
-        // 2. The outer objective on real data, at the new Q and Q̄.
+        // 2. The outer objective on real data, at the new Q and Q̄. `full` only changes how the
+        // model-gradient term differentiates y_ω (through V̄(s'_ω), or V̄ at the real s').
         let problem = self.problem(full);
         let outer = OuterData {
             s: d.s.clone(),
