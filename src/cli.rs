@@ -49,6 +49,12 @@ funcrl iv --config configs/iv/dsprites_funcid.toml --seed 3\n  \
 funcrl iv --config configs/iv/demand_dfiv.toml --set data.rho=0.25 --set iterations=20"
     )]
     Iv(crate::iv::IvArgs),
+    /// Compare deep IV methods: configs × sizes × seeds → summary table (mean/median/std test
+    /// MSE), box plot and outer-loss curves.
+    #[command(
+        after_help = "Example:\n  funcrl iv-bench --configs configs/iv/dsprites_dfiv.toml,configs/iv/dsprites_funcid.toml --seeds 10 --out runs/iv-bench"
+    )]
+    IvBench(crate::iv::bench::IvBenchArgs),
     /// Train a model-based agent (mle, funcid, omd, vep) or the model-free soft-Q reference.
     ///
     /// Writes a run directory (config, seed, code version, evals.csv, losses.csv, log.h5,
@@ -212,6 +218,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             rollout::run(&cfg, &mut out)?;
         }
         Command::Iv(args) => crate::iv::run(&args, &mut out)?,
+        Command::IvBench(args) => crate::iv::bench::run(&args, &mut out)?,
         Command::Train(args) => {
             let dir = crate::train::train(&args)?;
             writeln!(out, "{}", dir.display())?;

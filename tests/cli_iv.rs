@@ -191,7 +191,10 @@ fn tiny(config: &str, extra: &[&str], tag: &str) -> serde_json::Value {
     args.extend(extra);
     let o = funcrl(&args);
     assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-    assert!(stderr(&o).contains("ETA") || config.contains("2sls"), "no progress output");
+    assert!(
+        stderr(&o).contains("ETA") || config.contains("2sls"),
+        "no progress output"
+    );
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
@@ -205,7 +208,14 @@ fn every_method_runs_end_to_end() {
         assert_eq!(r["method"], m);
         assert!(r["test_mse"].as_f64().unwrap().is_finite(), "{m}: {r}");
         let dir = std::path::PathBuf::from(r["run_dir"].as_str().unwrap());
-        for f in ["config.toml", "meta.json", "metrics.csv", "result.json", "results.h5", "data.h5"] {
+        for f in [
+            "config.toml",
+            "meta.json",
+            "metrics.csv",
+            "result.json",
+            "results.h5",
+            "data.h5",
+        ] {
             assert!(dir.join(f).is_file(), "{m}: {f} missing");
         }
         let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
@@ -222,7 +232,11 @@ fn every_method_runs_end_to_end() {
 /// function (test MSE near 0), and a run reruns on its saved data.h5 with the same result.
 #[test]
 fn demand_linear_and_rerun_on_saved_data() {
-    let r = tiny("configs/iv/demand_dfiv.toml", &["--set", "data.n=200"], "demand");
+    let r = tiny(
+        "configs/iv/demand_dfiv.toml",
+        &["--set", "data.n=200"],
+        "demand",
+    );
     assert!(r["test_mse"].as_f64().unwrap().is_finite());
     let lin = tiny("configs/iv/linear_2sls.toml", &[], "lin");
     assert!(lin["test_mse"].as_f64().unwrap() < 0.05, "{lin}");
@@ -233,7 +247,10 @@ fn demand_linear_and_rerun_on_saved_data() {
         &["--data", data.to_str().unwrap()],
         "rerun",
     );
-    assert_eq!(again["test_mse"], r["test_mse"], "same data, same seed, same MSE");
+    assert_eq!(
+        again["test_mse"], r["test_mse"],
+        "same data, same seed, same MSE"
+    );
 }
 
 /// Bring-your-own CSV through the config (columns named by keys), and config mistakes exit 2.
@@ -254,19 +271,70 @@ fn byo_csv_and_config_errors() {
         extra.extend(["--set", s]);
     }
     // Replace the [data] table wholesale: start from a file-less table.
-    let r = tiny("configs/iv/dsprites_funcid_linear.toml", &[&["--set", "data={}"][..], &extra[..]].concat(), "byo");
+    let r = tiny(
+        "configs/iv/dsprites_funcid_linear.toml",
+        &[&["--set", "data={}"][..], &extra[..]].concat(),
+        "byo",
+    );
     assert!(r["test_mse"].is_null(), "no test set in a CSV: {r}");
     let bad: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--set", "method.method=newton"], "invalid [method]"),
         (vec!["--set", "iterations=0"], "at least 1"),
-        (vec!["--set", "data.kind=dsprites", "--set", "data.matrix=/nope.npy"], "cannot open"),
+        (
+            vec![
+                "--set",
+                "data.kind=dsprites",
+                "--set",
+                "data.matrix=/nope.npy",
+            ],
+            "cannot open",
+        ),
         (vec!["--set", "bogus=1"], "bogus"),
     ];
     for (extra, msg) in bad {
-        let mut args = vec!["iv", "--config", "configs/iv/dsprites_dfiv.toml", "--set", "data.n=20"];
+        let mut args = vec![
+            "iv",
+            "--config",
+            "configs/iv/dsprites_dfiv.toml",
+            "--set",
+            "data.n=20",
+        ];
         args.extend(extra);
         let o = funcrl(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(msg), "{args:?}: {}", stderr(&o));
+    }
+}
+
+/// `iv-bench`: methods × sizes × seeds → summary table, box plot and loss curves.
+#[test]
+fn iv_bench_writes_summary_and_figures() {
+    let out = out_dir("bench");
+    let mut args = vec![
+        "iv-bench",
+        "--configs",
+        "configs/iv/dsprites_dfiv.toml,configs/iv/dsprites_funcid_linear.toml",
+        "--seeds",
+        "2",
+        "--sizes",
+        "40",
+        "--out",
+        &out,
+    ];
+    args.extend(TINY);
+    let o = funcrl(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("| dfiv n=40 | 2 |") && table.contains("| funcid_linear n=40 | 2 |"),
+        "{table}"
+    );
+    for f in [
+        "summary.csv",
+        "summary.md",
+        "mse_boxes.png",
+        "outer_loss.png",
+    ] {
+        assert!(std::path::Path::new(&out).join(f).is_file(), "{f} missing");
     }
 }

@@ -481,7 +481,9 @@ mod tests {
         e[p] = 1.0;
         let want = ((0..10).map(|j| a.at(p, j).powi(2)).sum::<f64>() / 10.0 - 5000.0) / 1000.0;
         assert!((dsprites_f(&a, &e) - want).abs() < 1e-12);
-        let col: Vec<f64> = (0..10).map(|j| (0..4096).map(|r| a.at(r, j)).sum()).collect();
+        let col: Vec<f64> = (0..10)
+            .map(|j| (0..4096).map(|r| a.at(r, j)).sum())
+            .collect();
         let want = (col.iter().map(|c| c * c).sum::<f64>() / 10.0 - 5000.0) / 1000.0;
         assert!((dsprites_f(&a, &vec![1.0; 4096]) - want).abs() < 1e-9 * want.abs());
     }
@@ -496,13 +498,26 @@ mod tests {
         assert_eq!(d.data.test_structural.rows, 588);
         assert_eq!(d.data.test_treatment.cols, 4096);
         // Test images are binary (noise-free) and their f is recomputed exactly.
-        assert!(d.data.test_treatment.data.iter().all(|&v| v == 0.0 || v == 1.0));
+        assert!(
+            d.data
+                .test_treatment
+                .data
+                .iter()
+                .all(|&v| v == 0.0 || v == 1.0)
+        );
         let pos_y: Vec<f64> = d.latents.iter().map(|l| l[3] as f64).collect();
         let mut resid = Vec::new();
         for (r, l) in d.latents.iter().enumerate() {
             let f = dsprites_f(&a, d.data.treatment.row(r));
             resid.push(d.data.outcome.data[r] - f - (l[3] as f64 - 16.0));
-            assert_eq!(d.data.instrument.row(r), &[dsprites_scale(l[0]), dsprites_orientation(l[1]), dsprites_pos(l[2])]);
+            assert_eq!(
+                d.data.instrument.row(r),
+                &[
+                    dsprites_scale(l[0]),
+                    dsprites_orientation(l[1]),
+                    dsprites_pos(l[2])
+                ]
+            );
         }
         let sd = (resid.iter().map(|x| x * x).sum::<f64>() / n as f64).sqrt();
         assert!((sd - 0.5).abs() < 0.05, "outcome noise sd {sd}");
@@ -512,11 +527,21 @@ mod tests {
         assert!(corr(&y_minus_f, &pos_y) > 0.99);
         for j in 0..3 {
             let z: Vec<f64> = (0..n).map(|r| d.data.instrument.at(r, j)).collect();
-            assert!(corr(&z, &pos_y).abs() < 0.12, "instrument {j} correlates with posY");
+            assert!(
+                corr(&z, &pos_y).abs() < 0.12,
+                "instrument {j} correlates with posY"
+            );
         }
         // Pixel noise is N(0, 0.1²): T minus the clean image.
         let clean = crate::iv::dsprites::render_heart(d.latents[0]);
-        let noise: Vec<f64> = d.data.treatment.row(0).iter().zip(&clean).map(|(t, c)| t - c).collect();
+        let noise: Vec<f64> = d
+            .data
+            .treatment
+            .row(0)
+            .iter()
+            .zip(&clean)
+            .map(|(t, c)| t - c)
+            .collect();
         let sd = (noise.iter().map(|x| x * x).sum::<f64>() / 4096.0).sqrt();
         assert!((sd - 0.1).abs() < 0.005, "pixel noise sd {sd}");
     }

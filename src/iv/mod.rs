@@ -2,6 +2,7 @@
 //! FuncID-linear, AID, ITD, penalty) on the shared bilevel solver; data generators (demand design,
 //! linear-Gaussian, dSprites) and bring-your-own CSV/HDF5 data.
 
+pub mod bench;
 pub mod data;
 pub mod dsprites;
 pub mod generate;

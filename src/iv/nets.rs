@@ -73,8 +73,11 @@ impl Net {
         let mut out = Vec::new();
         let linear = |i: usize, o: usize, rng: &mut StdRng, out: &mut Vec<Tensor<2>>| {
             let b = 1.0 / (i as f64).sqrt();
-            let mut draw =
-                |n: usize| -> Vec<f64> { (0..n).map(|_| b * (2.0 * rng.random::<f64>() - 1.0)).collect() };
+            let mut draw = |n: usize| -> Vec<f64> {
+                (0..n)
+                    .map(|_| b * (2.0 * rng.random::<f64>() - 1.0))
+                    .collect()
+            };
             out.push(ctx.tensor2(draw(i * o), i, o));
             out.push(ctx.tensor2(draw(o), 1, o));
         };
@@ -214,10 +217,15 @@ mod tests {
         let mut v = vec![1.0; o];
         let mut s = 0.0;
         for _ in 0..500 {
-            let wv: Vec<f64> = (0..i).map(|r| (0..o).map(|c| w[r * o + c] * v[c]).sum()).collect();
-            let wtwv: Vec<f64> = (0..o).map(|c| (0..i).map(|r| w[r * o + c] * wv[r]).sum()).collect();
+            let wv: Vec<f64> = (0..i)
+                .map(|r| (0..o).map(|c| w[r * o + c] * v[c]).sum())
+                .collect();
+            let wtwv: Vec<f64> = (0..o)
+                .map(|c| (0..i).map(|r| w[r * o + c] * wv[r]).sum())
+                .collect();
             let n = wtwv.iter().map(|x| x * x).sum::<f64>().sqrt();
-            s = (wv.iter().map(|x| x * x).sum::<f64>()).sqrt() / v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            s = (wv.iter().map(|x| x * x).sum::<f64>()).sqrt()
+                / v.iter().map(|x| x * x).sum::<f64>().sqrt();
             v = wtwv.iter().map(|x| x / n).collect();
         }
         let sh = net.sigma_hat(&p, 0);

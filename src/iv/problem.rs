@@ -18,6 +18,17 @@ use crate::iv::tsls::{chol_solve, cholesky};
 pub struct Stage1 {
     pub z: Tensor<2>,
     pub t: Tensor<2>,
+    /// Identifies t for the feature cache (hashing 10M treatment values per call costs more
+    /// than it saves); [`Stage1::new`] gives every batch its own.
+    pub id: u64,
+}
+
+impl Stage1 {
+    pub fn new(z: Tensor<2>, t: Tensor<2>) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self { z, t, id }
+    }
 }
 
 pub struct Stage2 {
@@ -74,7 +85,7 @@ impl IvProblem {
         }
     }
 
-    fn fingerprint(omega: &Params, t: &Tensor<2>) -> Vec<f64> {
+    fn fingerprint(omega: &Params, b: &Stage1) -> Vec<f64> {
         let mut f: Vec<f64> = omega
             .0
             .iter()
@@ -82,17 +93,17 @@ impl IvProblem {
             .collect();
         f.extend(to_vec(omega.0.last().expect("params")));
         f.extend(to_vec(&omega.0[omega.len() - 2]));
-        f.push(to_vec(&t.clone().sum())[0]);
-        f.push(t.dims()[0] as f64);
+        f.push(b.id as f64);
         f
     }
 
     /// φ_ω(t): a fresh graph when ω is tracked, else cached.
-    pub fn features(&self, omega: &Params, t: &Tensor<2>) -> Tensor<2> {
+    pub fn features(&self, omega: &Params, b: &Stage1) -> Tensor<2> {
+        let t = &b.t;
         if omega.0.iter().any(|p| p.is_require_grad()) {
             return self.net.run(omega, t).0;
         }
-        let key = Self::fingerprint(omega, t);
+        let key = Self::fingerprint(omega, b);
         if let Some((k, f)) = self.cache.borrow().as_ref()
             && *k == key
         {
@@ -106,7 +117,8 @@ impl IvProblem {
     /// u* on stage-2 rows for predicted features v (host values).
     pub fn stage2(&self, v: &Tensor<2>, y: &[f64]) -> Vec<f64> {
         let [n, p] = v.dims();
-        stage2_ridge(&to_vec(v), n, p, y, self.lambda2).expect("λ₂ > 0 makes the stage-2 system SPD")
+        stage2_ridge(&to_vec(v), n, p, y, self.lambda2)
+            .expect("λ₂ > 0 makes the stage-2 system SPD")
     }
 
     /// f̂(t) = [φ_ω(t), 1]·u for test treatments (host matrix), in chunks.
@@ -140,14 +152,14 @@ impl BilevelProblem for IvProblem {
 
     fn inner_loss(&self, omega: &Params, v: Tensor<2>, b: &Stage1) -> Tensor<1> {
         let n = v.dims()[0] as f64;
-        (v - self.features(omega, &b.t))
+        (v - self.features(omega, b))
             .square()
             .sum()
             .mul_scalar(0.5 / n)
     }
 
     fn inner_grad_v(&self, omega: &Params, v: Tensor<2>, b: &Stage1) -> Tensor<2> {
-        v - self.features(omega, &b.t)
+        v - self.features(omega, b)
     }
 
     fn inner_hessian_diag(&self, _o: &Params, v: Tensor<2>, _b: &Stage1) -> Option<Tensor<2>> {
@@ -160,7 +172,11 @@ impl BilevelProblem for IvProblem {
         let w = self.ctx.tensor2(u[..p].to_vec(), p, 1);
         let resid = b.y_t.clone() - v.matmul(w).add_scalar(u[p]);
         let pen: f64 = u.iter().map(|x| x * x).sum::<f64>() * self.lambda2;
-        resid.square().sum().mul_scalar(1.0 / n as f64).add_scalar(pen)
+        resid
+            .square()
+            .sum()
+            .mul_scalar(1.0 / n as f64)
+            .add_scalar(pen)
     }
 }
 
@@ -175,7 +191,15 @@ mod tests {
 
     /// Host DFIV objective: stage 1 W = (Ψ̃₁ᵀΨ̃₁/N₁ + λ₁I)⁻¹Ψ̃₁ᵀφ_ω(t₁)/N₁, v₂ = Ψ̃₂W, then the
     /// stage-2 ridge loss — the two closed-form ridge solves DFIV differentiates through.
-    fn dfiv_objective(p: &IvProblem, omega: &Params, psi1: &Matrix, psi2: &Matrix, t1: &Tensor<2>, y2: &[f64], l1: f64) -> f64 {
+    fn dfiv_objective(
+        p: &IvProblem,
+        omega: &Params,
+        psi1: &Matrix,
+        psi2: &Matrix,
+        t1: &Tensor<2>,
+        y2: &[f64],
+        l1: f64,
+    ) -> f64 {
         let phi = to_vec(&p.net.run(&omega.detached(), t1).0);
         let (n1, q) = (psi1.rows, psi1.cols);
         let dv = phi.len() / n1;
@@ -213,7 +237,13 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let (n1, n2, dt, dz, feat) = (40, 30, 6, 3, 4);
         let mut m = |r: usize, c: usize| -> Tensor<2> {
-            ctx.tensor2((0..r * c).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect(), r, c)
+            ctx.tensor2(
+                (0..r * c)
+                    .map(|_| rng.random::<f64>() * 2.0 - 1.0)
+                    .collect(),
+                r,
+                c,
+            )
         };
         let (t1, z1, z2) = (m(n1, dt), m(n1, dz), m(n2, dz));
         let y2: Vec<f64> = to_vec(&m(n2, 1));
@@ -239,8 +269,12 @@ mod tests {
         };
         let mut solver = Solver::new(ctx.clone(), problem, inet, omega.clone(), &cfg);
         solver.theta = theta0.clone();
-        let s1 = Stage1 { z: z1.clone(), t: t1.clone() };
-        let s2 = Stage2 { z: z2.clone(), y: y2.clone(), y_t: ctx.tensor2(y2.clone(), n2, 1) };
+        let s1 = Stage1::new(z1.clone(), t1.clone());
+        let s2 = Stage2 {
+            z: z2.clone(),
+            y: y2.clone(),
+            y_t: ctx.tensor2(y2.clone(), n2, 1),
+        };
         solver.solve_inner(&s1).unwrap();
         let g = solver.total_gradient(&s1, &s2).unwrap().grad;
         // Features ψ with the augmenting 1 (fixed: DFIV's ω-gradient holds the instrument net).
@@ -259,15 +293,30 @@ mod tests {
         let mut worst: f64 = 0.0;
         for k in 0..3 {
             let mut rd = StdRng::seed_from_u64(10 + k);
-            let dir: Vec<f64> = (0..omega.numel()).map(|_| rd.random::<f64>() - 0.5).collect();
+            let dir: Vec<f64> = (0..omega.numel())
+                .map(|_| rd.random::<f64>() - 0.5)
+                .collect();
             let d = omega.from_flat_like(&ctx, &dir);
             let eps = 1e-5;
-            let f = |s: f64| dfiv_objective(&solver.problem, &omega.axpy(s, &d), &psi1, &psi2, &t1, &y2, l1);
+            let f = |s: f64| {
+                dfiv_objective(
+                    &solver.problem,
+                    &omega.axpy(s, &d),
+                    &psi1,
+                    &psi2,
+                    &t1,
+                    &y2,
+                    l1,
+                )
+            };
             let fd = (f(eps) - f(-eps)) / (2.0 * eps);
             let an = g.dot(&d);
             let rel = (an - fd).abs() / fd.abs();
             worst = worst.max(rel);
-            assert!(rel < 1e-6, "direction {k}: FuncID-linear {an} vs DFIV FD {fd} (rel {rel:e})");
+            assert!(
+                rel < 1e-6,
+                "direction {k}: FuncID-linear {an} vs DFIV FD {fd} (rel {rel:e})"
+            );
         }
         eprintln!("FuncID-linear vs DFIV exact gradient (FD): worst relative error {worst:e}");
     }

@@ -109,12 +109,10 @@ fn default_outer() -> OptimizerConfig {
 }
 
 /// What the `method` table resolves to.
+#[allow(clippy::large_enum_variant)] // built once per run
 pub enum Resolved {
     TwoSls,
-    Deep {
-        name: String,
-        solver: SolverConfig,
-    },
+    Deep { name: String, solver: SolverConfig },
 }
 
 impl IvConfig {
@@ -220,7 +218,8 @@ pub struct IvResult {
 }
 
 fn mse(a: &[f64], b: &[f64]) -> Option<f64> {
-    (!a.is_empty()).then(|| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / a.len() as f64)
+    (!a.is_empty())
+        .then(|| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / a.len() as f64)
 }
 
 fn to_table(ds: &IvDataset) -> (Table, tsls::TslsSpec) {
@@ -256,51 +255,20 @@ fn fmt_secs(s: f64) -> String {
     }
 }
 
-/// Runs the configured method; writes the run directory; returns the result.
-pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
-    let resolved = cfg.resolve()?;
-    let ds = generate::build(&cfg.data, cfg.seed)?;
-    ds.check().map_err(UsageError::new)?;
-    let kind = match &cfg.data {
-        DataConfig::Dsprites { .. } => "dsprites",
-        DataConfig::Demand { .. } => "demand",
-        DataConfig::Linear { .. } => "linear",
-        DataConfig::File { .. } => "file",
-    };
-    let method = cfg.method_name();
-    let dir = RunDir::create(Path::new(&cfg.out), &["iv", kind, &method], cfg.seed, cfg)
-        .with_context(|| format!("creating a run directory under {}", cfg.out))?;
-    ds.save(&dir.file("data.h5"))
-        .map_err(|e| anyhow::anyhow!("writing data.h5: {e}"))?;
+/// The solver, stage-1 and stage-2 batches for a deep run on `ds` (first half stage 1).
+pub fn setup(
+    cfg: &IvConfig,
+    solver_cfg: &SolverConfig,
+    ds: &IvDataset,
+    ctx: &Ctx,
+) -> (Solver<IvProblem, Net>, Stage1, Stage2) {
     let n = ds.rows();
-    let started = Instant::now();
-    let (solver_cfg, name) = match resolved {
-        Resolved::TwoSls => {
-            let (table, spec) = to_table(&ds);
-            let fit = tsls::fit(&table, &spec)?;
-            let t = &ds.test_treatment;
-            let pred: Vec<f64> = (0..t.rows)
-                .map(|r| {
-                    fit.coef["const"]
-                        + (0..t.cols).map(|j| fit.coef[&format!("t{j}")] * t.at(r, j)).sum::<f64>()
-                })
-                .collect();
-            let test_mse = mse(&pred, &ds.test_structural.data);
-            dir.write("tsls.json", serde_json::to_string_pretty(&fit)?.as_bytes())?;
-            return finish(&dir, cfg, &method, n, 1, test_mse, started.elapsed().as_secs_f64(), &pred, &ds, &[]);
-        }
-        Resolved::Deep { name, solver } => (solver, name),
-    };
-    if n < 4 {
-        return Err(UsageError::new(format!("{n} rows: deep IV needs at least 4")).into());
-    }
-    let ctx = Ctx::flex(cfg.precision);
     let half = n / 2;
     let tensor = |m: &Matrix| ctx.tensor2(m.data.clone(), m.rows, m.cols);
-    let s1 = Stage1 {
-        z: tensor(&ds.instrument.slice_rows(0, half)),
-        t: tensor(&ds.treatment.slice_rows(0, half)),
-    };
+    let s1 = Stage1::new(
+        tensor(&ds.instrument.slice_rows(0, half)),
+        tensor(&ds.treatment.slice_rows(0, half)),
+    );
     let y2 = ds.outcome.data[half..].to_vec();
     let s2 = Stage2 {
         z: tensor(&ds.instrument.slice_rows(half, n)),
@@ -328,10 +296,67 @@ pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
         net.spectral_norm,
         Some(net.features),
     );
-    let omega = tnet.init(&ctx, &mut StdRng::seed_from_u64(cfg.seed.wrapping_add(1)));
-    tnet.refresh(&ctx, &omega);
+    let omega = tnet.init(ctx, &mut StdRng::seed_from_u64(cfg.seed.wrapping_add(1)));
+    tnet.refresh(ctx, &omega);
     let problem = IvProblem::new(ctx.clone(), tnet, cfg.stage2_ridge);
-    let mut solver = Solver::new(ctx.clone(), problem, inet, omega, &solver_cfg);
+    let solver = Solver::new(ctx.clone(), problem, inet, omega, solver_cfg);
+    solver.model.refresh(ctx, &solver.theta);
+    (solver, s1, s2)
+}
+
+/// Runs the configured method; writes the run directory; returns the result.
+pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
+    let resolved = cfg.resolve()?;
+    let ds = generate::build(&cfg.data, cfg.seed)?;
+    ds.check().map_err(UsageError::new)?;
+    let kind = match &cfg.data {
+        DataConfig::Dsprites { .. } => "dsprites",
+        DataConfig::Demand { .. } => "demand",
+        DataConfig::Linear { .. } => "linear",
+        DataConfig::File { .. } => "file",
+    };
+    let method = cfg.method_name();
+    let dir = RunDir::create(Path::new(&cfg.out), &["iv", kind, &method], cfg.seed, cfg)
+        .with_context(|| format!("creating a run directory under {}", cfg.out))?;
+    ds.save(&dir.file("data.h5"))
+        .map_err(|e| anyhow::anyhow!("writing data.h5: {e}"))?;
+    let n = ds.rows();
+    let started = Instant::now();
+    let (solver_cfg, name) = match resolved {
+        Resolved::TwoSls => {
+            let (table, spec) = to_table(&ds);
+            let fit = tsls::fit(&table, &spec)?;
+            let t = &ds.test_treatment;
+            let pred: Vec<f64> = (0..t.rows)
+                .map(|r| {
+                    fit.coef["const"]
+                        + (0..t.cols)
+                            .map(|j| fit.coef[&format!("t{j}")] * t.at(r, j))
+                            .sum::<f64>()
+                })
+                .collect();
+            let test_mse = mse(&pred, &ds.test_structural.data);
+            dir.write("tsls.json", serde_json::to_string_pretty(&fit)?.as_bytes())?;
+            return finish(
+                &dir,
+                cfg,
+                &method,
+                n,
+                1,
+                test_mse,
+                started.elapsed().as_secs_f64(),
+                &pred,
+                &ds,
+                &[],
+            );
+        }
+        Resolved::Deep { name, solver } => (solver, name),
+    };
+    if n < 4 {
+        return Err(UsageError::new(format!("{n} rows: deep IV needs at least 4")).into());
+    }
+    let ctx = Ctx::flex(cfg.precision);
+    let (mut solver, s1, s2) = setup(cfg, &solver_cfg, &ds, &ctx);
     let header = [
         "iteration",
         "outer_loss",
@@ -346,7 +371,9 @@ pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
     let evaluate = |solver: &Solver<IvProblem, Net>| -> (Vec<f64>, Option<f64>) {
         let v2 = solver.model.forward(&solver.theta.detached(), &s2.z).output;
         let u = solver.problem.stage2(&v2, &s2.y);
-        let pred = solver.problem.predict(&solver.omega, &u, &ds.test_treatment);
+        let pred = solver
+            .problem
+            .predict(&solver.omega, &u, &ds.test_treatment);
         let m = mse(&pred, &ds.test_structural.data);
         (pred, m)
     };
@@ -436,7 +463,10 @@ fn finish(
         seconds_per_iteration: per_it,
         run_dir: dir.path().to_path_buf(),
     };
-    dir.write("result.json", serde_json::to_string_pretty(&res)?.as_bytes())?;
+    dir.write(
+        "result.json",
+        serde_json::to_string_pretty(&res)?.as_bytes(),
+    )?;
     let m = pred.len();
     let mut pt = Vec::with_capacity(2 * m);
     for (p, f) in pred.iter().zip(&ds.test_structural.data) {

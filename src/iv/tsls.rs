@@ -163,9 +163,9 @@ pub fn fit(table: &Table, spec: &TslsSpec) -> Result<TslsFit, UsageError> {
     chol_solve(&lx, k, &mut inv, k);
     // Meat Σ ε² x̂ x̂ᵀ.
     let mut meat = vec![0.0; k * k];
-    for r in 0..n {
+    for (r, e) in eps.iter().enumerate() {
         let xr = xhat.row(r);
-        let w = eps[r] * eps[r];
+        let w = e * e;
         for i in 0..k {
             for j in 0..k {
                 meat[i * k + j] += w * xr[i] * xr[j];

@@ -1,0 +1,169 @@
+//! `funcrl iv-bench`: configs (methods) × sizes × seeds → summary table of test MSE
+//! (mean/median/std), a log-scale box plot and outer-loss curves (mean ± std over seeds).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::config::UsageError;
+use crate::iv::run as ivrun;
+use crate::plot::{self, Band};
+
+#[derive(Args, Debug)]
+pub struct IvBenchArgs {
+    /// Configs to compare (one per method), comma-separated.
+    #[arg(long, value_delimiter = ',', num_args = 1, required = true)]
+    pub configs: Vec<PathBuf>,
+    /// Number of seeds (0..N).
+    #[arg(long, default_value_t = 10)]
+    pub seeds: u64,
+    /// Sample sizes (data.n), comma-separated; default: each config's.
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    pub sizes: Vec<usize>,
+    /// Override a field of every config, e.g. --set iterations=20.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Output folder (summary.csv, summary.md, mse_boxes.png, outer_loss.png, run directories).
+    #[arg(long, default_value = "runs/iv-bench")]
+    pub out: PathBuf,
+}
+
+struct Group {
+    label: String,
+    mse: Vec<f64>,
+    curves: Vec<Vec<f64>>,
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    (mean, plot::quantile(&s, 0.5), sd)
+}
+
+fn outer_losses(dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split(',').nth(1)?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if args.seeds == 0 {
+        return Err(UsageError::new("--seeds must be at least 1").into());
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let sizes: Vec<Option<usize>> = if args.sizes.is_empty() {
+        vec![None]
+    } else {
+        args.sizes.iter().copied().map(Some).collect()
+    };
+    let mut groups = Vec::new();
+    for cfg_path in &args.configs {
+        for size in &sizes {
+            let mut ov = args.overrides.clone();
+            if let Some(n) = size {
+                ov.push(format!("data.n={n}"));
+            }
+            let base = ivrun::load(
+                cfg_path,
+                &ov,
+                None,
+                None,
+                None,
+                Some(&args.out.join("runs")),
+            )?;
+            let label = match size {
+                Some(n) => format!("{} n={n}", base.method_name()),
+                None => base.method_name(),
+            };
+            let mut g = Group {
+                label,
+                mse: vec![],
+                curves: vec![],
+            };
+            for seed in 0..args.seeds {
+                let mut cfg = base.clone();
+                cfg.seed = seed;
+                let r = ivrun::run(&cfg, false)?;
+                let m = r.test_mse.unwrap_or(f64::NAN);
+                eprintln!(
+                    "[iv-bench] {} seed {seed}: test_mse {m:.4} ({:.2}s/it)",
+                    g.label, r.seconds_per_iteration
+                );
+                g.mse.push(m);
+                g.curves.push(outer_losses(&r.run_dir));
+            }
+            groups.push(g);
+        }
+    }
+    let mut csv = String::from("method,runs,mean,median,std\n");
+    let mut md = String::from(
+        "| method | runs | mean test MSE | median | std |\n|---|---:|---:|---:|---:|\n",
+    );
+    for g in &groups {
+        let (mean, med, sd) = stats(&g.mse);
+        csv.push_str(&format!("{},{},{mean},{med},{sd}\n", g.label, g.mse.len()));
+        md.push_str(&format!(
+            "| {} | {} | {mean:.4} | {med:.4} | {sd:.4} |\n",
+            g.label,
+            g.mse.len()
+        ));
+    }
+    crate::rundir::write_atomic(&args.out.join("summary.csv"), csv.as_bytes())?;
+    crate::rundir::write_atomic(&args.out.join("summary.md"), md.as_bytes())?;
+    let boxes: Vec<(String, Vec<f64>)> = groups
+        .iter()
+        .map(|g| (g.label.clone(), g.mse.clone()))
+        .collect();
+    plot::boxes(
+        &args.out.join("mse_boxes.png"),
+        "out-of-sample MSE",
+        "test MSE",
+        &boxes,
+        true,
+    )?;
+    let bands: Vec<Band> = groups
+        .iter()
+        .map(|g| {
+            let len = g.curves.iter().map(Vec::len).min().unwrap_or(0);
+            let k = g.curves.len() as f64;
+            let mean: Vec<f64> = (0..len)
+                .map(|i| g.curves.iter().map(|c| c[i]).sum::<f64>() / k)
+                .collect();
+            let std = (0..len)
+                .map(|i| {
+                    (g.curves
+                        .iter()
+                        .map(|c| (c[i] - mean[i]).powi(2))
+                        .sum::<f64>()
+                        / k)
+                        .sqrt()
+                })
+                .collect();
+            Band {
+                name: g.label.clone(),
+                x: (0..len).map(|i| i as f64).collect(),
+                mean,
+                std,
+            }
+        })
+        .collect();
+    plot::curves(
+        &args.out.join("outer_loss.png"),
+        "outer loss",
+        "outer iteration",
+        "outer loss",
+        &bands,
+        true,
+    )?;
+    write!(out, "{md}")?;
+    Ok(())
+}
