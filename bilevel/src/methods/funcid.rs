@@ -40,10 +40,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for FuncId {
 
     fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {
         let theta = i.theta.detached();
-        let (x_in, x_out) = (
-            i.problem.inner_inputs(i.inner),
-            i.problem.outer_inputs(i.outer),
-        );
+        let (x_in, x_out) = i.inputs();
         let v_in = i.model.forward(&theta, &x_in).output.detach();
         let v_out = i.model.forward(&theta, &x_out).output.detach();
         let (outer_loss, d) = outer_value_and_grad_v(i.problem, i.omega, &v_out, i.outer);

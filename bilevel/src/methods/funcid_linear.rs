@@ -25,10 +25,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for FuncIdLinea
     fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {
         let ridge = self.ridge.unwrap_or(i.inner_ridge);
         let theta = i.theta.detached();
-        let (x_in, x_out) = (
-            i.problem.inner_inputs(i.inner),
-            i.problem.outer_inputs(i.outer),
-        );
+        let (x_in, x_out) = i.inputs();
         let (f_in, f_out) = (
             i.model.forward(&theta, &x_in),
             i.model.forward(&theta, &x_out),

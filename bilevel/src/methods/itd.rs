@@ -21,10 +21,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Itd {
     }
 
     fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {
-        let (x_in, x_out) = (
-            i.problem.inner_inputs(i.inner),
-            i.problem.outer_inputs(i.outer),
-        );
+        let (x_in, x_out) = i.inputs();
         let mut trajectory = Vec::with_capacity(self.unroll);
         let mut theta = i.theta.detached();
         for _ in 0..self.unroll {

@@ -42,6 +42,16 @@ pub struct HyperInput<'a, P: BilevelProblem, M: InnerModel> {
     pub rng: &'a mut StdRng,
 }
 
+impl<P: BilevelProblem, M: InnerModel> HyperInput<'_, P, M> {
+    /// The inner and outer inputs x of h, which every method needs first.
+    pub fn inputs(&self) -> (Tensor<2>, Tensor<2>) {
+        (
+            self.problem.inner_inputs(self.inner),
+            self.problem.outer_inputs(self.outer),
+        )
+    }
+}
+
 /// A total-gradient estimate and what was learned on the way.
 #[derive(Debug, Clone)]
 pub struct Hypergradient {

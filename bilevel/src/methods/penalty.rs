@@ -19,10 +19,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Penalty {
 
     fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {
         let theta = i.theta.detached();
-        let (x_in, x_out) = (
-            i.problem.inner_inputs(i.inner),
-            i.problem.outer_inputs(i.outer),
-        );
+        let (x_in, x_out) = i.inputs();
         let (_, direct, outer_loss) =
             outer_param_grads(i.problem, i.model, i.omega, &theta, &x_out, i.outer);
         let (g, _) = inner_grad_theta(
