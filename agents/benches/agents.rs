@@ -101,13 +101,10 @@ fn main() {
         dt * 1000.0
     );
 
-    // Where the time goes: one Adam step on Q's parameters, one Polyak average, one forward +
-    // backward of the Q loss, and a single tiny tensor op (the per-op floor).
+    // Why the agents use host kernels: one forward + backward of the Q loss on this batch with
+    // burn's autodiff (flex backend) against the same with `dense`.
     {
-        use funcrl_bilevel::{Optimizer, OptimizerConfig};
-        let q = agent.q.clone();
-        let g = q.scale(1e-3);
-        let mut opt = Optimizer::new(OptimizerConfig::adam(1e-3));
+        use funcrl_agents::dense::{Dense, Tape};
         let time = |f: &mut dyn FnMut()| {
             f();
             let t = Instant::now();
@@ -116,26 +113,28 @@ fn main() {
             }
             t.elapsed().as_secs_f64() / 200.0 * 1e6
         };
-        let adam = time(&mut || {
-            let _ = opt.step(&q, &g);
-        });
-        let polyak = time(&mut || {
-            let _ = q.scale(0.99).axpy(0.01, &q).detached();
-        });
         let d = agent.tensors(&batch);
-        let fb = time(&mut || {
-            let th = q.tracked();
+        let qp = agent.q_params(&agent.q);
+        let burn_fb = time(&mut || {
+            let th = qp.tracked();
             let v = funcrl_bilevel::InnerModel::forward(&agent.qnet, &th, &d.s).output;
             let l = funcrl_agents::agent::q_loss_t(v, d.r.clone(), &d.onehot2, &d.w);
             let _ = th.grads(&l.backward());
         });
-        let t1 = q.0[1].clone();
-        let op = time(&mut || {
-            let _ = t1.clone() + t1.clone();
+        let net = Dense::from_mlp(&agent.qnet.net);
+        let k = net.numel();
+        let mut tape = Tape::default();
+        let mut grad = vec![0.0; 2 * k];
+        let dout = vec![1e-3; b * 2];
+        let host_fb = time(&mut || {
+            for i in 0..2 {
+                let p = &agent.q[i * k..(i + 1) * k];
+                net.forward(p, &batch.obs, b, &mut tape);
+                net.backward(p, &tape, &dout, Some(&mut grad[i * k..(i + 1) * k]), None);
+            }
         });
         println!(
-            "  breakdown: Adam step on Q ({} tensors) {adam:.0} us, Polyak {polyak:.0} us, Q loss forward+backward {fb:.0} us, one [1,32] add {op:.1} us",
-            q.len()
+            "  Q loss forward+backward (both nets, B={b}): burn autodiff {burn_fb:.0} us, host kernels {host_fb:.0} us"
         );
     }
 

@@ -4,15 +4,14 @@
 
 use burn::tensor::Tensor;
 use funcrl_bilevel::{
-    BilevelProblem, Ctx, HyperInput, HypergradientMethod, InnerModel, MethodConfig, Mlp, Optimizer,
+    BilevelProblem, Ctx, HyperInput, HypergradientMethod, InnerModel, MethodConfig, Mlp,
     OptimizerConfig, Params, Precision,
-    ctx::{scalar, to_vec},
-    methods::total_from_adjoint,
 };
 use rand::{RngExt, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::nets::{DoubleQ, HostParams, Predict, WorldModel};
+use crate::dense::{Adam, Dense, Tape};
+use crate::nets::{DoubleQ, Predict, WorldModel};
 use crate::replay::Batch;
 use crate::targets::{bellman_target_t, sample_index, soft_value_t, softmax_policy};
 
@@ -321,21 +320,87 @@ pub struct AgentConfig {
     pub precision: Precision,
 }
 
+/// An agent: the soft double-Q, its Polyak target, the world model and their optimisers, all as
+/// flat host parameters (`Params::to_flat` order) updated by the [`dense`](crate::dense) kernels.
+/// The burn descriptions (`qnet`, `model`, `vep_net`) serve the solver-based hypergradients
+/// (`funcid` with a network adjoint, `omd` with CG) and the autodiff oracle in the tests.
 pub struct Agent {
     pub ctx: Ctx,
     pub cfg: AgentConfig,
     pub obs_dim: usize,
     pub n_actions: usize,
     pub qnet: DoubleQ,
-    pub q: Params,
-    pub q_target: Params,
-    pub q_opt: Optimizer,
     pub model: WorldModel,
-    pub omega: Params,
-    pub model_opt: Optimizer,
-    vep_net: Mlp,
-    vep_values: Vec<Params>,
+    pub vep_net: Mlp,
+    /// [Q₁ | Q₂].
+    pub q: Vec<f64>,
+    pub q_target: Vec<f64>,
+    /// ω = [next-state net | reward net].
+    pub omega: Vec<f64>,
+    pub q_opt: Adam,
+    pub model_opt: Adam,
+    /// VEP's fixed random value functions.
+    pub vep_values: Vec<Vec<f64>>,
+    q_like: Params,
+    omega_like: Params,
+    qd: Dense,
+    sd: Dense,
+    rd: Dense,
+    vd: Dense,
     method: Option<Box<dyn HypergradientMethod<RlProblem, DoubleQ>>>,
+}
+
+/// V̄ = α·logsumexp(min(Q̄₁, Q̄₂)/α) per row, and ∂V̄/∂Q̄₁, ∂V̄/∂Q̄₂ (`[n, A]`): the softmax weight
+/// on whichever network attains the min.
+fn soft_values(q1: &[f64], q2: &[f64], a: usize, alpha: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let n = q1.len() / a;
+    let (mut v, mut d1, mut d2) = (Vec::with_capacity(n), vec![0.0; n * a], vec![0.0; n * a]);
+    let mut m = vec![0.0; a];
+    for b in 0..n {
+        let row = b * a..(b + 1) * a;
+        for ((mj, x), y) in m.iter_mut().zip(&q1[row.clone()]).zip(&q2[row.clone()]) {
+            *mj = x.min(*y);
+        }
+        let mx = m.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = m
+            .iter()
+            .map(|mj| ((mj - mx) * (1.0 / alpha)).exp())
+            .collect();
+        let s: f64 = e.iter().sum();
+        v.push(s.ln() * alpha + mx);
+        for j in 0..a {
+            let pi = e[j] / s;
+            if q1[b * a + j] <= q2[b * a + j] {
+                d1[b * a + j] = pi;
+            } else {
+                d2[b * a + j] = pi;
+            }
+        }
+    }
+    (v, d1, d2)
+}
+
+/// ½·mean_b w_b Σᵢ (Qᵢ(s_b, a_b) − y_b)² and its gradient w.r.t. each network's output.
+fn q_loss_grad(
+    tapes: &[Tape; 2],
+    acts: &[usize],
+    y: &[f64],
+    w: &[f64],
+    a: usize,
+) -> (f64, [Vec<f64>; 2]) {
+    let n = acts.len();
+    let mut loss = 0.0;
+    let mut d = [vec![0.0; n * a], vec![0.0; n * a]];
+    for (i, t) in tapes.iter().enumerate() {
+        let q = t.output();
+        for b in 0..n {
+            let j = b * a + acts[b];
+            let e = q[j] - y[b];
+            loss += e * e * w[b];
+            d[i][j] = w[b] * e / n as f64;
+        }
+    }
+    (loss * (0.5 / n as f64), d)
 }
 
 impl Agent {
@@ -343,18 +408,20 @@ impl Agent {
     pub fn new(cfg: AgentConfig, obs_dim: usize, n_actions: usize, rng: &mut StdRng) -> Self {
         let ctx = Ctx::flex(cfg.precision);
         let qnet = DoubleQ::new(obs_dim, cfg.q.hidden.clone(), n_actions);
-        let q = qnet.init(&ctx, rng);
+        let q_like = qnet.init(&ctx, rng);
         let model = WorldModel::new(
             obs_dim,
             obs_dim + n_actions,
             cfg.model.hidden.clone(),
             cfg.model.predict,
         );
-        let omega = model.init(&ctx, rng);
+        let omega_like = model.init(&ctx, rng);
         let (vep_net, vep_values) = match &cfg.learning {
             ModelLearning::Vep { functions, hidden } => {
                 let net = Mlp::new(obs_dim, hidden.clone(), 1, funcrl_bilevel::Activation::Relu);
-                let vs = (0..*functions).map(|_| net.init(&ctx, rng)).collect();
+                let vs = (0..*functions)
+                    .map(|_| net.init(&ctx, rng).to_flat())
+                    .collect();
                 (net, vs)
             }
             _ => (
@@ -364,11 +431,10 @@ impl Agent {
         };
         let method: Option<Box<dyn HypergradientMethod<RlProblem, DoubleQ>>> = match &cfg.learning {
             ModelLearning::Omd {
-                inverse,
+                inverse: OmdInverse::Cg,
                 cg_iterations,
-            } => Some(match inverse {
-                OmdInverse::Identity => MethodConfig::Identity { fd_step: None }.build(),
-                OmdInverse::Cg => MethodConfig::Aid {
+            } => Some(
+                MethodConfig::Aid {
                     solver: funcrl_bilevel::LinearSolver::Cg,
                     iterations: *cg_iterations,
                     damping: 0.0,
@@ -378,7 +444,7 @@ impl Agent {
                     fd_step: None,
                 }
                 .build(),
-            }),
+            ),
             ModelLearning::Funcid {
                 mode: FuncidMode::Network,
                 adjoint_steps,
@@ -392,17 +458,25 @@ impl Agent {
             ),
             _ => None,
         };
+        let q = q_like.to_flat();
+        let omega = omega_like.to_flat();
         Self {
-            q_target: q.detached(),
-            q_opt: Optimizer::new(OptimizerConfig::adam(cfg.q.lr)),
-            model_opt: Optimizer::new(OptimizerConfig::adam(cfg.model.lr)),
+            q_target: q.clone(),
+            q_opt: Adam::new(cfg.q.lr, q.len()),
+            model_opt: Adam::new(cfg.model.lr, omega.len()),
+            qd: Dense::from_mlp(&qnet.net),
+            sd: Dense::from_mlp(&model.state_net),
+            rd: Dense::from_mlp(&model.reward_net),
+            vd: Dense::from_mlp(&vep_net),
             ctx,
             obs_dim,
             n_actions,
             qnet,
             q,
+            q_like,
             model,
             omega,
+            omega_like,
             vep_net,
             vep_values,
             method,
@@ -410,35 +484,27 @@ impl Agent {
         }
     }
 
-    fn problem(&self, through_next_state: bool) -> RlProblem {
-        RlProblem {
-            model: self.model.clone(),
-            qnet: self.qnet.clone(),
-            target: self.q_target.detached(),
-            gamma: self.cfg.q.gamma,
-            alpha: self.cfg.q.alpha,
-            through_next_state,
-        }
+    /// The flat parameters as burn [`Params`] shaped like Q (`q`, `q_target`) or ω (`omega`).
+    pub fn q_params(&self, flat: &[f64]) -> Params {
+        self.q_like.from_flat_like(&self.ctx, flat)
+    }
+    pub fn omega_params(&self, flat: &[f64]) -> Params {
+        self.omega_like.from_flat_like(&self.ctx, flat)
     }
 
     /// The batch as tensors (actions are indices, one-hot encoded here).
     pub fn tensors(&self, b: &Batch) -> BatchTensors {
         let (n, s, a) = (b.len(), self.obs_dim, self.n_actions);
-        let mut onehot = vec![0.0; n * a];
         let mut onehot2 = vec![0.0; n * 2 * a];
-        let mut x = Vec::with_capacity(n * (s + a));
         for j in 0..n {
             let k = b.action[j] as usize;
-            onehot[j * a + k] = 1.0;
             onehot2[j * 2 * a + k] = 1.0;
             onehot2[j * 2 * a + a + k] = 1.0;
-            x.extend_from_slice(&b.obs[j * s..(j + 1) * s]);
-            x.extend_from_slice(&onehot[j * a..(j + 1) * a]);
         }
         let c = &self.ctx;
         BatchTensors {
             s: c.tensor2(b.obs.clone(), n, s),
-            x: c.tensor2(x, n, s + a),
+            x: c.tensor2(self.model_input(b), n, s + a),
             onehot2: c.tensor2(onehot2, n, 2 * a),
             r: c.tensor2(b.reward.clone(), n, 1),
             s_next: c.tensor2(b.next_obs.clone(), n, s),
@@ -448,11 +514,148 @@ impl Agent {
         }
     }
 
+    /// The model's input rows (s, one_hot(a)).
+    fn model_input(&self, b: &Batch) -> Vec<f64> {
+        let (s, a) = (self.obs_dim, self.n_actions);
+        let mut x = Vec::with_capacity(b.len() * (s + a));
+        for j in 0..b.len() {
+            x.extend_from_slice(&b.obs[j * s..(j + 1) * s]);
+            let k = b.action[j] as usize;
+            x.extend((0..a).map(|i| if i == k { 1.0 } else { 0.0 }));
+        }
+        x
+    }
+
+    fn q_forward(&self, theta: &[f64], s: &[f64], n: usize, tapes: &mut [Tape; 2]) {
+        let k = self.qd.numel();
+        self.qd.forward(&theta[..k], s, n, &mut tapes[0]);
+        self.qd.forward(&theta[k..], s, n, &mut tapes[1]);
+    }
+
+    /// r + γ·m·V̄(s') under the target network, per row.
+    fn target(&self, r: &[f64], s_next: &[f64], mask: &[f64]) -> Vec<f64> {
+        let mut t = [Tape::default(), Tape::default()];
+        self.q_forward(&self.q_target, s_next, r.len(), &mut t);
+        let (v, _, _) = soft_values(
+            t[0].output(),
+            t[1].output(),
+            self.n_actions,
+            self.cfg.q.alpha,
+        );
+        let g = self.cfg.q.gamma;
+        (0..r.len()).map(|b| r[b] + mask[b] * v[b] * g).collect()
+    }
+
+    /// (ŝ', r̂) and the tapes of both heads.
+    fn model_forward(&self, b: &Batch, x: &[f64], tapes: &mut [Tape; 2]) -> (Vec<f64>, Vec<f64>) {
+        let ks = self.sd.numel();
+        let n = b.len();
+        self.sd.forward(&self.omega[..ks], x, n, &mut tapes[0]);
+        self.rd.forward(&self.omega[ks..], x, n, &mut tapes[1]);
+        let mut s2 = tapes[0].output().to_vec();
+        if self.cfg.model.predict == Predict::Delta {
+            for (o, s) in s2.iter_mut().zip(&b.obs) {
+                *o += s;
+            }
+        }
+        (s2, tapes[1].output().to_vec())
+    }
+
+    /// ∇_ω Σ_b c_b·y_ω,b with y_ω = r_ω + γ·m·V̄(s'_ω) (V̄ at the real s' unless `through`): the
+    /// model gradient of FuncID (c from the closed-form adjoint) and OMD (c from a JVP).
+    fn model_target_vjp(&self, b: &Batch, x: &[f64], c: &[f64], through: bool) -> Vec<f64> {
+        let ks = self.sd.numel();
+        let (n, a) = (b.len(), self.n_actions);
+        let mut mt = [Tape::default(), Tape::default()];
+        let (s2, _) = self.model_forward(b, x, &mut mt);
+        let mut g = vec![0.0; self.omega.len()];
+        let (gs, gr) = g.split_at_mut(ks);
+        self.rd
+            .backward(&self.omega[ks..], &mt[1], c, Some(gr), None);
+        if through {
+            let mut t = [Tape::default(), Tape::default()];
+            self.q_forward(&self.q_target, &s2, n, &mut t);
+            let (_, mut d1, mut d2) =
+                soft_values(t[0].output(), t[1].output(), a, self.cfg.q.alpha);
+            for ((r1, r2), (cb, m)) in d1
+                .chunks_exact_mut(a)
+                .zip(d2.chunks_exact_mut(a))
+                .zip(c.iter().zip(&b.mask))
+            {
+                let k = cb * self.cfg.q.gamma * m;
+                r1.iter_mut().chain(r2.iter_mut()).for_each(|d| *d *= k);
+            }
+            let kq = self.qd.numel();
+            let mut ds = vec![0.0; n * self.obs_dim];
+            let mut dx = vec![0.0; n * self.obs_dim];
+            self.qd
+                .backward(&self.q_target[..kq], &t[0], &d1, None, Some(&mut ds));
+            self.qd
+                .backward(&self.q_target[kq..], &t[1], &d2, None, Some(&mut dx));
+            for (p, q) in ds.iter_mut().zip(&dx) {
+                *p += q;
+            }
+            // ŝ' = out or s + out: the same gradient reaches the state net's output.
+            self.sd
+                .backward(&self.omega[..ks], &mt[0], &ds, Some(gs), None);
+        }
+        g
+    }
+
     /// One update on a real batch: a Q step, Polyak, then the model step of this agent.
     /// Returns the losses and the per-sample real TD errors (for prioritized replay).
     pub fn update(&mut self, batch: &Batch, rng: &mut StdRng) -> (UpdateStats, Vec<f64>) {
-        let d = self.tensors(batch);
+        let (n, na) = (batch.len(), self.n_actions);
+        let acts: Vec<usize> = batch.action.iter().map(|&a| a as usize).collect();
+        let x = self.model_input(batch);
         let learning = self.cfg.learning.clone();
+
+        // 1. Inner step: one Adam step of both Q-networks toward model targets r_ω + γ·m·V̄(s'_ω)
+        // (real targets for modelfree). Every mode trains Q on model data; the paper mode differs
+        // only in the model-gradient term below.
+        let (y_in, w_in) = match learning {
+            ModelLearning::Modelfree => (
+                self.target(&batch.reward, &batch.next_obs, &batch.mask),
+                batch.weight.clone(),
+            ),
+            _ => {
+                let mut mt = [Tape::default(), Tape::default()];
+                let (s2, r) = self.model_forward(batch, &x, &mut mt);
+                (self.target(&r, &s2, &batch.mask), vec![1.0; n])
+            }
+        };
+        let mut tapes = [Tape::default(), Tape::default()];
+        self.q_forward(&self.q, &batch.obs, n, &mut tapes);
+        let (q_loss, dq) = q_loss_grad(&tapes, &acts, &y_in, &w_in, na);
+        let kq = self.qd.numel();
+        let mut grad = vec![0.0; self.q.len()];
+        {
+            let (g1, g2) = grad.split_at_mut(kq);
+            self.qd
+                .backward(&self.q[..kq], &tapes[0], &dq[0], Some(g1), None);
+            self.qd
+                .backward(&self.q[kq..], &tapes[1], &dq[1], Some(g2), None);
+        }
+        self.q_opt.step(&mut self.q, &grad);
+        let tau = self.cfg.q.tau;
+        for (t, q) in self.q_target.iter_mut().zip(&self.q) {
+            *t = *t * (1.0 - tau) + q * tau;
+        }
+
+        // 2. The outer objective on real data, at the new Q and Q̄.
+        let y = self.target(&batch.reward, &batch.next_obs, &batch.mask);
+        self.q_forward(&self.q, &batch.obs, n, &mut tapes);
+        let (outer_loss, d_out) = q_loss_grad(&tapes, &acts, &y, &batch.weight, na);
+        // Σᵢ (Qᵢ(s, a) − y) per row.
+        let err: Vec<f64> = (0..n)
+            .map(|b| {
+                let j = b * na + acts[b];
+                (tapes[0].output()[j] - y[b]) + (tapes[1].output()[j] - y[b])
+            })
+            .collect();
+        let td: Vec<f64> = err.iter().map(|e| e * 0.5).collect();
+
+        // 3. The model step: the only part that differs between agents.
         let full = !matches!(
             learning,
             ModelLearning::Funcid {
@@ -460,119 +663,151 @@ impl Agent {
                 ..
             }
         );
-
-        // 1. Inner step: one Adam step of both Q-networks toward model targets r_ω + γ·m·V̄(s'_ω)
-        // (real targets for modelfree). Every mode trains Q on model data; the paper mode differs
-        // only in the model-gradient term below.
-        let problem = self.problem(true);
-        let (y_in, w_in) = match learning {
-            ModelLearning::Modelfree => (problem.real_target(&d), d.w.clone()),
-            _ => (
-                problem.model_target(&self.omega.detached(), &d).detach(),
-                d.w.ones_like(),
-            ),
-        };
-        let th = self.q.tracked();
-        let v = self.qnet.forward(&th, &d.s).output;
-        let q_loss = q_loss_t(v, y_in, &d.onehot2, &w_in);
-        let q_loss_value = scalar(q_loss.clone().detach());
-        let grad = th.grads(&q_loss.backward());
-        self.q = self.q_opt.step(&self.q, &grad);
-        let tau = self.cfg.q.tau;
-        self.q_target = self.q_target.scale(1.0 - tau).axpy(tau, &self.q).detached();
-
-        // 2. The outer objective on real data, at the new Q and Q̄. `full` only changes how the
-        // model-gradient term differentiates y_ω (through V̄(s'_ω), or V̄ at the real s').
-        let problem = self.problem(full);
-        let outer = OuterData {
-            s: d.s.clone(),
-            onehot2: d.onehot2.clone(),
-            y: problem.real_target(&d),
-            w: d.w.clone(),
-        };
-        let v_out = self.qnet.forward(&self.q, &d.s).output.detach();
-        let outer_loss = scalar(
-            problem
-                .outer_loss(&self.omega, v_out.clone(), &outer)
-                .detach(),
-        );
-        let td_sel = (v_out.clone() - outer.y.clone()) * d.onehot2.clone();
-        let td = to_vec(&td_sel.clone().sum_dim(1).mul_scalar(0.5));
-
-        // 3. The model step: the only part that differs between agents.
+        let nf = n as f64;
         let (model_grad, model_loss) = match learning {
             ModelLearning::Modelfree => (None, 0.0),
             ModelLearning::Mle => {
-                let om = self.omega.tracked();
-                let (s2, r) = self.model.forward(&om, &d.s, &d.x);
-                let err = (s2 - d.s_next.clone()).square().sum_dim(1) + (r - d.r.clone()).square();
-                let loss = err.mul(d.w.clone()).sum().mul_scalar(0.5 / d.n as f64);
-                let value = scalar(loss.clone().detach());
-                (Some(om.grads(&loss.backward())), value)
+                let ks = self.sd.numel();
+                let mut mt = [Tape::default(), Tape::default()];
+                let (s2, r) = self.model_forward(batch, &x, &mut mt);
+                let s = self.obs_dim;
+                let (mut ds, mut dr) = (vec![0.0; n * s], vec![0.0; n]);
+                let mut loss = 0.0;
+                for b in 0..n {
+                    let w = batch.weight[b];
+                    let mut sq = 0.0;
+                    for j in b * s..(b + 1) * s {
+                        let e = s2[j] - batch.next_obs[j];
+                        sq += e * e;
+                        ds[j] = w * e / nf;
+                    }
+                    let e = r[b] - batch.reward[b];
+                    dr[b] = w * e / nf;
+                    loss += (sq + e * e) * w;
+                }
+                let mut g = vec![0.0; self.omega.len()];
+                let (gs, gr) = g.split_at_mut(ks);
+                self.sd
+                    .backward(&self.omega[..ks], &mt[0], &ds, Some(gs), None);
+                self.rd
+                    .backward(&self.omega[ks..], &mt[1], &dr, Some(gr), None);
+                (Some(g), loss * (0.5 / nf))
             }
             ModelLearning::Vep { .. } => {
-                let om = self.omega.tracked();
-                let (s2, r) = self.model.forward(&om, &d.s, &d.x);
-                let g = self.cfg.q.gamma;
-                let mut loss: Option<Tensor<1>> = None;
+                let ks = self.sd.numel();
+                let mut mt = [Tape::default(), Tape::default()];
+                let (s2, r) = self.model_forward(batch, &x, &mut mt);
+                let (s, g) = (self.obs_dim, self.cfg.q.gamma);
+                let (mut ds, mut dr) = (vec![0.0; n * s], vec![0.0; n]);
+                let mut dx = vec![0.0; n * s];
+                let mut loss = 0.0;
+                let (mut tm, mut tr) = (Tape::default(), Tape::default());
                 for vk in &self.vep_values {
-                    let model_side = r.clone()
-                        + (d.mask.clone() * self.vep_net.forward(vk, &s2).output).mul_scalar(g);
-                    let real_side = d.r.clone()
-                        + (d.mask.clone() * self.vep_net.forward(vk, &d.s_next).output)
-                            .mul_scalar(g);
-                    let l = (model_side - real_side.detach())
-                        .square()
-                        .mul(d.w.clone())
-                        .sum()
-                        .mul_scalar(0.5 / d.n as f64);
-                    loss = Some(match loss {
-                        None => l,
-                        Some(acc) => acc + l,
-                    });
+                    self.vd.forward(vk, &s2, n, &mut tm);
+                    self.vd.forward(vk, &batch.next_obs, n, &mut tr);
+                    let mut dv = vec![0.0; n];
+                    let mut l = 0.0;
+                    for b in 0..n {
+                        let m = batch.mask[b];
+                        let e = (r[b] + m * tm.output()[b] * g)
+                            - (batch.reward[b] + m * tr.output()[b] * g);
+                        let w = batch.weight[b];
+                        l += e * e * w;
+                        dr[b] += w * e / nf;
+                        dv[b] = w * e * g * m / nf;
+                    }
+                    loss += l * (0.5 / nf);
+                    self.vd.backward(vk, &tm, &dv, None, Some(&mut dx));
+                    for (p, q) in ds.iter_mut().zip(&dx) {
+                        *p += q;
+                    }
                 }
-                let loss = loss.expect("VEP needs at least one value function");
-                let value = scalar(loss.clone().detach());
-                (Some(om.grads(&loss.backward())), value)
+                let mut gw = vec![0.0; self.omega.len()];
+                let (gs, gr) = gw.split_at_mut(ks);
+                self.sd
+                    .backward(&self.omega[..ks], &mt[0], &ds, Some(gs), None);
+                self.rd
+                    .backward(&self.omega[ks..], &mt[1], &dr, Some(gr), None);
+                (Some(gw), loss)
             }
             ModelLearning::Funcid {
                 mode: FuncidMode::Full | FuncidMode::Paper,
                 ..
             } => {
                 // ℓ_in is quadratic in v with curvature 1 on the taken action: the adjoint is
-                // minus the pointwise outer gradient, a = −w·(v − y)·onehot.
-                let a = td_sel.mul(d.w.clone()).neg();
-                let g = total_from_adjoint(&problem, &self.omega, &v_out, &a, &v_out, &d, &outer);
-                (Some(g), outer_loss)
+                // minus the pointwise outer gradient, a = −w·(v − y)·onehot, so the model
+                // gradient ∂_ω mean_b⟨∂_v ℓ_in, a⟩ weighs ∇_ω y_ω,b by w_b·Σᵢ(Qᵢ − y_b)/n.
+                let c: Vec<f64> = (0..n).map(|b| batch.weight[b] * err[b] / nf).collect();
+                (Some(self.model_target_vjp(batch, &x, &c, full)), outer_loss)
+            }
+            ModelLearning::Omd {
+                inverse: OmdInverse::Identity,
+                ..
+            } => {
+                // Identity inverse Hessian: −∂_ω⟨∇_θ L_in, u⟩ with u = ∇_θ L_out; ⟨∇_θ L_in, u⟩ =
+                // mean_b Σᵢ (Qᵢ − y_ω,b)·(J_θ Qᵢ(s_b, a_b)·u), so it weighs ∇_ω y_ω,b by
+                // Σᵢ (J_θ Qᵢ·u)_b / n (one JVP per network instead of finite differences).
+                let mut u = vec![0.0; self.q.len()];
+                {
+                    let (u1, u2) = u.split_at_mut(kq);
+                    self.qd
+                        .backward(&self.q[..kq], &tapes[0], &d_out[0], Some(u1), None);
+                    self.qd
+                        .backward(&self.q[kq..], &tapes[1], &d_out[1], Some(u2), None);
+                }
+                let j1 = self.qd.jvp(&self.q[..kq], &u[..kq], &tapes[0]);
+                let j2 = self.qd.jvp(&self.q[kq..], &u[kq..], &tapes[1]);
+                let c: Vec<f64> = (0..n)
+                    .map(|b| {
+                        let j = b * na + acts[b];
+                        (j1[j] + j2[j]) / nf
+                    })
+                    .collect();
+                (Some(self.model_target_vjp(batch, &x, &c, true)), outer_loss)
             }
             ModelLearning::Funcid { .. } | ModelLearning::Omd { .. } => {
+                // Network adjoint or CG: the bilevel solver's methods, on burn tensors.
+                let d = self.tensors(batch);
+                let problem = RlProblem {
+                    model: self.model.clone(),
+                    qnet: self.qnet.clone(),
+                    target: self.q_params(&self.q_target),
+                    gamma: self.cfg.q.gamma,
+                    alpha: self.cfg.q.alpha,
+                    through_next_state: true,
+                };
+                let outer = OuterData {
+                    s: d.s.clone(),
+                    onehot2: d.onehot2.clone(),
+                    y: problem.real_target(&d),
+                    w: d.w.clone(),
+                };
+                let omega = self.omega_params(&self.omega);
+                let mut theta = self.q_params(&self.q);
                 let method = self.method.as_mut().expect("method built in new()");
-                let mut theta = self.q.clone();
-                let h = method
-                    .total_gradient(HyperInput {
-                        ctx: &self.ctx,
-                        problem: &problem,
-                        model: &self.qnet,
-                        omega: &self.omega,
-                        theta: &mut theta,
-                        inner: &d,
-                        outer: &outer,
-                        inner_ridge: 0.0,
-                        rng,
-                    })
-                    .map(|h| h.grad);
+                let h = method.total_gradient(HyperInput {
+                    ctx: &self.ctx,
+                    problem: &problem,
+                    model: &self.qnet,
+                    omega: &omega,
+                    theta: &mut theta,
+                    inner: &d,
+                    outer: &outer,
+                    inner_ridge: 0.0,
+                    rng,
+                });
                 match h {
-                    Ok(g) => (Some(g), outer_loss),
+                    Ok(h) => (Some(h.grad.to_flat()), outer_loss),
                     Err(_) => (None, f64::NAN),
                 }
             }
         };
         if let Some(g) = model_grad {
-            self.omega = self.model_opt.step(&self.omega, &g);
+            self.model_opt.step(&mut self.omega, &g);
         }
         (
             UpdateStats {
-                q_loss: q_loss_value,
+                q_loss,
                 model_loss,
                 outer_loss,
             },
@@ -580,18 +815,49 @@ impl Agent {
         )
     }
 
-    /// Host copy of Q for acting (refresh after every update).
-    pub fn host_q(&self) -> HostParams {
-        HostParams::from(&self.q)
-    }
-
     /// ε-greedy around softmax(min(Q₁,Q₂)/α): with probability ε a uniform action, else a draw
     /// from the softmax. Evaluation passes ε = 0.
-    pub fn act(&self, host: &HostParams, obs: &[f64], epsilon: f64, rng: &mut StdRng) -> usize {
+    pub fn act(&self, obs: &[f64], epsilon: f64, rng: &mut StdRng) -> usize {
         if epsilon > 0.0 && rng.random::<f64>() < epsilon {
             return rng.random_range(0..self.n_actions);
         }
-        let q = self.qnet.host_min_q(host, obs);
-        sample_index(&softmax_policy(&q, self.cfg.q.alpha), rng.random::<f64>())
+        let k = self.qd.numel();
+        let q1 = self.qd.forward_one(&self.q[..k], obs);
+        let q2 = self.qd.forward_one(&self.q[k..], obs);
+        let m: Vec<f64> = q1.iter().zip(&q2).map(|(a, b)| a.min(*b)).collect();
+        sample_index(&softmax_policy(&m, self.cfg.q.alpha), rng.random::<f64>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::targets::soft_value_double;
+
+    #[test]
+    fn soft_values_match_the_host_oracle_and_finite_differences() {
+        let q1 = [0.3, -0.2, 1.1, 0.5];
+        let q2 = [0.1, 0.4, 1.0, 0.9];
+        let (v, d1, d2) = soft_values(&q1, &q2, 2, 0.1);
+        for b in 0..2 {
+            let want = soft_value_double(&q1[2 * b..2 * b + 2], &q2[2 * b..2 * b + 2], 0.1);
+            assert!((v[b] - want).abs() < 1e-14);
+        }
+        let h = 1e-6;
+        for j in 0..4 {
+            for (which, d) in [(0, &d1), (1, &d2)] {
+                let at = |s: f64| {
+                    let (mut a, mut b) = (q1, q2);
+                    if which == 0 {
+                        a[j] += s * h
+                    } else {
+                        b[j] += s * h
+                    }
+                    soft_values(&a, &b, 2, 0.1).0[j / 2]
+                };
+                let fd = (at(1.0) - at(-1.0)) / (2.0 * h);
+                assert!((fd - d[j]).abs() < 1e-7, "{which} {j}: {fd} vs {}", d[j]);
+            }
+        }
     }
 }

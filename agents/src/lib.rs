@@ -3,6 +3,7 @@
 //! model-free soft-Q reference — plus the training loop with HDF5 checkpoints.
 
 pub mod agent;
+pub mod dense;
 pub mod h5io;
 pub mod nets;
 pub mod replay;

@@ -1,8 +1,9 @@
 //! The networks: a deterministic world model (next-state and reward nets on (s, a)) and a soft
-//! double Q-function, both on `funcrl_bilevel::{Params, Mlp}`, plus a host forward for acting.
+//! double Q-function, both on `funcrl_bilevel::{Params, Mlp}` (the host kernels in `dense` share
+//! their parameter layout).
 
 use burn::tensor::Tensor;
-use funcrl_bilevel::{Activation, Ctx, Forward, InnerModel, Mlp, Params, ctx::to_vec};
+use funcrl_bilevel::{Activation, Ctx, Forward, InnerModel, Mlp, Params};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
@@ -96,14 +97,6 @@ impl DoubleQ {
             self.net.forward(&b, s).output,
         )
     }
-
-    /// min(Q₁, Q₂) for one state, on the host (acting and evaluation: no graph, no tensors).
-    pub fn host_min_q(&self, host: &HostParams, s: &[f64]) -> Vec<f64> {
-        let k = host.0.len() / 2;
-        let q1 = host_mlp(&host.0[..k], s);
-        let q2 = host_mlp(&host.0[k..], s);
-        q1.iter().zip(&q2).map(|(a, b)| a.min(*b)).collect()
-    }
 }
 
 impl InnerModel for DoubleQ {
@@ -127,71 +120,11 @@ impl InnerModel for DoubleQ {
     }
 }
 
-/// Host copies of parameter tensors: (values, rows, cols) per tensor.
-#[derive(Debug, Clone)]
-pub struct HostParams(pub Vec<(Vec<f64>, usize, usize)>);
-
-impl HostParams {
-    pub fn from(p: &Params) -> Self {
-        Self(
-            p.0.iter()
-                .map(|t| {
-                    let [r, c] = t.dims();
-                    (to_vec(t), r, c)
-                })
-                .collect(),
-        )
-    }
-}
-
-/// ReLU MLP forward for one input row; layers as (W, b) pairs.
-fn host_mlp(layers: &[(Vec<f64>, usize, usize)], x: &[f64]) -> Vec<f64> {
-    let mut h = x.to_vec();
-    let n = layers.len() / 2;
-    for l in 0..n {
-        let (w, rows, cols) = &layers[2 * l];
-        let b = &layers[2 * l + 1].0;
-        debug_assert_eq!(*rows, h.len());
-        let mut out = b.clone();
-        for (i, hi) in h.iter().enumerate() {
-            let row = &w[i * cols..(i + 1) * cols];
-            for (o, wv) in out.iter_mut().zip(row) {
-                *o += hi * wv;
-            }
-        }
-        if l + 1 < n {
-            for o in &mut out {
-                *o = o.max(0.0);
-            }
-        }
-        h = out;
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use funcrl_bilevel::Precision;
+    use funcrl_bilevel::{Precision, ctx::to_vec};
     use rand::SeedableRng;
-
-    #[test]
-    fn host_forward_matches_tensor_forward() {
-        let ctx = Ctx::flex(Precision::F64);
-        let q = DoubleQ::new(4, vec![8, 8], 2);
-        let theta = q.init(&ctx, &mut StdRng::seed_from_u64(0));
-        let s = [0.1, -0.2, 0.3, 0.05];
-        let (q1, q2) = q.pair(&theta, &ctx.tensor2(s.to_vec(), 1, 4));
-        let want: Vec<f64> = to_vec(&q1)
-            .iter()
-            .zip(to_vec(&q2))
-            .map(|(a, b)| a.min(b))
-            .collect();
-        let got = q.host_min_q(&HostParams::from(&theta), &s);
-        for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-12);
-        }
-    }
 
     #[test]
     fn world_model_shapes_and_delta() {

@@ -8,14 +8,13 @@
 
 use std::path::Path;
 
-use funcrl_bilevel::{Params, Precision};
+use funcrl_bilevel::Precision;
 use funcrl_envs::{Action, Env, EnvError, MakeOptions, Obs, Space};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, AgentConfig, ModelConfig, ModelLearning, QConfig, UpdateStats};
 use crate::h5io;
-use crate::nets::HostParams;
 use crate::replay::{PerConfig, ReplayBuffer, ReplayError, Transition};
 use crate::targets::Ending;
 
@@ -214,7 +213,6 @@ pub struct Trainer {
     ep_return: f64,
     ep_len: u64,
     obs: Obs,
-    host_q: HostParams,
 }
 
 /// The env without a wrapper time limit: the trainer counts episode steps itself, so that a
@@ -256,7 +254,6 @@ impl Trainer {
             cfg.replay.prioritized,
         );
         let (obs, _) = env.reset(Some(derive_seed(cfg.seed, 0, STREAM_EPISODE)));
-        let host_q = agent.host_q();
         Ok(Self {
             cfg,
             agent,
@@ -268,7 +265,6 @@ impl Trainer {
             ep_return: 0.0,
             ep_len: 0,
             obs,
-            host_q,
         })
     }
 
@@ -283,12 +279,8 @@ impl Trainer {
         let action = if self.step < self.cfg.warmup_steps {
             rng.random_range(0..self.agent.n_actions)
         } else {
-            self.agent.act(
-                &self.host_q,
-                &obs_f64(&self.obs),
-                self.cfg.q.epsilon,
-                &mut rng,
-            )
+            self.agent
+                .act(&obs_f64(&self.obs), self.cfg.q.epsilon, &mut rng)
         };
         let st = self.env.step(Action::Discrete(action as i64))?;
         self.ep_len += 1;
@@ -338,7 +330,6 @@ impl Trainer {
                     return Ok(out); // the caller stops the run
                 }
             }
-            self.host_q = self.agent.host_q();
         }
         Ok(out)
     }
@@ -357,7 +348,7 @@ impl Trainer {
             )));
             let mut total = 0.0;
             for _ in 0..limit {
-                let a = self.agent.act(&self.host_q, &obs_f64(&obs), 0.0, &mut rng);
+                let a = self.agent.act(&obs_f64(&obs), 0.0, &mut rng);
                 let st = env.step(Action::Discrete(a as i64))?;
                 total += st.reward;
                 obs = st.obs;
@@ -375,16 +366,13 @@ impl Trainer {
         let f = hdf5::File::create(path)?;
         let a = f.create_group("agent")?;
         let ag = &self.agent;
-        h5io::put(&a, "q", &ag.q.to_flat())?;
-        h5io::put(&a, "q_target", &ag.q_target.to_flat())?;
-        h5io::put(&a, "omega", &ag.omega.to_flat())?;
+        h5io::put(&a, "q", &ag.q)?;
+        h5io::put(&a, "q_target", &ag.q_target)?;
+        h5io::put(&a, "omega", &ag.omega)?;
         for (name, opt) in [("q_opt", &ag.q_opt), ("model_opt", &ag.model_opt)] {
-            let (moments, t) = opt.state();
-            h5io::put_u64(&a, &format!("{name}_t"), t as u64)?;
-            if let Some((m, v)) = moments {
-                h5io::put(&a, &format!("{name}_m"), &m.to_flat())?;
-                h5io::put(&a, &format!("{name}_v"), &v.to_flat())?;
-            }
+            h5io::put_u64(&a, &format!("{name}_t"), opt.t as u64)?;
+            h5io::put(&a, &format!("{name}_m"), &opt.m)?;
+            h5io::put(&a, &format!("{name}_v"), &opt.v)?;
         }
         self.buffer.save_group(&f.create_group("buffer")?)?;
         let s = f.create_group("state")?;
@@ -406,42 +394,32 @@ impl Trainer {
         let bad = |why: String| TrainError::Checkpoint(src.clone(), why);
         let f = hdf5::File::open(path)?;
         let a = f.group("agent")?;
-        let ctx = t.agent.ctx.clone();
-        let load = |like: &Params, name: &str| -> Result<Params, TrainError> {
+        let load = |len: usize, name: &str| -> Result<Vec<f64>, TrainError> {
             let v = h5io::get::<f64>(&a, name)?;
-            if v.len() != like.numel() {
+            if v.len() != len {
                 return Err(bad(format!(
-                    "{name} has {} values, the config's networks {} (config changed since the checkpoint?)",
+                    "{name} has {} values, the config's networks {len} (config changed since the checkpoint?)",
                     v.len(),
-                    like.numel()
                 )));
             }
-            Ok(like.from_flat_like(&ctx, &v))
+            Ok(v)
         };
-        t.agent.q = load(&t.agent.q, "q")?;
-        t.agent.q_target = load(&t.agent.q_target, "q_target")?;
-        t.agent.omega = load(&t.agent.omega, "omega")?;
-        for name in ["q_opt", "model_opt"] {
-            let like = if name == "q_opt" {
-                t.agent.q.clone()
-            } else {
-                t.agent.omega.clone()
-            };
+        let (nq, nw) = (t.agent.q.len(), t.agent.omega.len());
+        t.agent.q = load(nq, "q")?;
+        t.agent.q_target = load(nq, "q_target")?;
+        t.agent.omega = load(nw, "omega")?;
+        for (name, len) in [("q_opt", nq), ("model_opt", nw)] {
             let step = h5io::get_u64(&a, &format!("{name}_t"))? as i32;
-            let moments = if a.link_exists(&format!("{name}_m")) {
-                Some((
-                    load(&like, &format!("{name}_m"))?,
-                    load(&like, &format!("{name}_v"))?,
-                ))
-            } else {
-                None
-            };
+            let (m, v) = (
+                load(len, &format!("{name}_m"))?,
+                load(len, &format!("{name}_v"))?,
+            );
             let opt = if name == "q_opt" {
                 &mut t.agent.q_opt
             } else {
                 &mut t.agent.model_opt
             };
-            opt.set_state(moments, step);
+            (opt.t, opt.m, opt.v) = (step, m, v);
         }
         t.buffer = ReplayBuffer::load_group(&f.group("buffer")?, &src)?;
         let s = f.group("state")?;
@@ -462,7 +440,6 @@ impl Trainer {
         t.env
             .reset(Some(derive_seed(t.cfg.seed, t.episode, STREAM_EPISODE)));
         t.env.set_state(&h5io::get::<f64>(&s, "env_state")?)?;
-        t.host_q = t.agent.host_q();
         Ok(t)
     }
 }
