@@ -10,6 +10,8 @@ use funcrl_bilevel::{
 use rand::{RngExt, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
+use std::cell::RefCell;
+
 use crate::dense::{Adam, Dense, Tape};
 use crate::nets::{DoubleQ, Predict, WorldModel};
 use crate::replay::Batch;
@@ -343,6 +345,8 @@ pub struct Agent {
     pub vep_values: Vec<Vec<f64>>,
     q_like: Params,
     omega_like: Params,
+    /// Recycled activation tapes, so that an update allocates (almost) nothing.
+    pool: RefCell<Vec<Tape>>,
     qd: Dense,
     sd: Dense,
     rd: Dense,
@@ -464,6 +468,7 @@ impl Agent {
             q_target: q.clone(),
             q_opt: Adam::new(cfg.q.lr, q.len()),
             model_opt: Adam::new(cfg.model.lr, omega.len()),
+            pool: RefCell::new(Vec::new()),
             qd: Dense::from_mlp(&qnet.net),
             sd: Dense::from_mlp(&model.state_net),
             rd: Dense::from_mlp(&model.reward_net),
@@ -482,6 +487,15 @@ impl Agent {
             method,
             cfg,
         }
+    }
+
+    fn tapes(&self) -> [Tape; 2] {
+        let mut p = self.pool.borrow_mut();
+        [p.pop().unwrap_or_default(), p.pop().unwrap_or_default()]
+    }
+
+    fn recycle(&self, tapes: [Tape; 2]) {
+        self.pool.borrow_mut().extend(tapes);
     }
 
     /// The flat parameters as burn [`Params`] shaped like Q (`q`, `q_target`) or ω (`omega`).
@@ -534,7 +548,7 @@ impl Agent {
 
     /// r + γ·m·V̄(s') under the target network, per row.
     fn target(&self, r: &[f64], s_next: &[f64], mask: &[f64]) -> Vec<f64> {
-        let mut t = [Tape::default(), Tape::default()];
+        let mut t = self.tapes();
         self.q_forward(&self.q_target, s_next, r.len(), &mut t);
         let (v, _, _) = soft_values(
             t[0].output(),
@@ -542,6 +556,7 @@ impl Agent {
             self.n_actions,
             self.cfg.q.alpha,
         );
+        self.recycle(t);
         let g = self.cfg.q.gamma;
         (0..r.len()).map(|b| r[b] + mask[b] * v[b] * g).collect()
     }
@@ -566,14 +581,14 @@ impl Agent {
     fn model_target_vjp(&self, b: &Batch, x: &[f64], c: &[f64], through: bool) -> Vec<f64> {
         let ks = self.sd.numel();
         let (n, a) = (b.len(), self.n_actions);
-        let mut mt = [Tape::default(), Tape::default()];
+        let mut mt = self.tapes();
         let (s2, _) = self.model_forward(b, x, &mut mt);
         let mut g = vec![0.0; self.omega.len()];
         let (gs, gr) = g.split_at_mut(ks);
         self.rd
             .backward(&self.omega[ks..], &mt[1], c, Some(gr), None);
         if through {
-            let mut t = [Tape::default(), Tape::default()];
+            let mut t = self.tapes();
             self.q_forward(&self.q_target, &s2, n, &mut t);
             let (_, mut d1, mut d2) =
                 soft_values(t[0].output(), t[1].output(), a, self.cfg.q.alpha);
@@ -598,7 +613,9 @@ impl Agent {
             // ŝ' = out or s + out: the same gradient reaches the state net's output.
             self.sd
                 .backward(&self.omega[..ks], &mt[0], &ds, Some(gs), None);
+            self.recycle(t);
         }
+        self.recycle(mt);
         g
     }
 
@@ -619,12 +636,13 @@ impl Agent {
                 batch.weight.clone(),
             ),
             _ => {
-                let mut mt = [Tape::default(), Tape::default()];
+                let mut mt = self.tapes();
                 let (s2, r) = self.model_forward(batch, &x, &mut mt);
+                self.recycle(mt);
                 (self.target(&r, &s2, &batch.mask), vec![1.0; n])
             }
         };
-        let mut tapes = [Tape::default(), Tape::default()];
+        let mut tapes = self.tapes();
         self.q_forward(&self.q, &batch.obs, n, &mut tapes);
         let (q_loss, dq) = q_loss_grad(&tapes, &acts, &y_in, &w_in, na);
         let kq = self.qd.numel();
@@ -668,7 +686,7 @@ impl Agent {
             ModelLearning::Modelfree => (None, 0.0),
             ModelLearning::Mle => {
                 let ks = self.sd.numel();
-                let mut mt = [Tape::default(), Tape::default()];
+                let mut mt = self.tapes();
                 let (s2, r) = self.model_forward(batch, &x, &mut mt);
                 let s = self.obs_dim;
                 let (mut ds, mut dr) = (vec![0.0; n * s], vec![0.0; n]);
@@ -691,17 +709,18 @@ impl Agent {
                     .backward(&self.omega[..ks], &mt[0], &ds, Some(gs), None);
                 self.rd
                     .backward(&self.omega[ks..], &mt[1], &dr, Some(gr), None);
+                self.recycle(mt);
                 (Some(g), loss * (0.5 / nf))
             }
             ModelLearning::Vep { .. } => {
                 let ks = self.sd.numel();
-                let mut mt = [Tape::default(), Tape::default()];
+                let mut mt = self.tapes();
                 let (s2, r) = self.model_forward(batch, &x, &mut mt);
                 let (s, g) = (self.obs_dim, self.cfg.q.gamma);
                 let (mut ds, mut dr) = (vec![0.0; n * s], vec![0.0; n]);
                 let mut dx = vec![0.0; n * s];
                 let mut loss = 0.0;
-                let (mut tm, mut tr) = (Tape::default(), Tape::default());
+                let [mut tm, mut tr] = self.tapes();
                 for vk in &self.vep_values {
                     self.vd.forward(vk, &s2, n, &mut tm);
                     self.vd.forward(vk, &batch.next_obs, n, &mut tr);
@@ -728,6 +747,8 @@ impl Agent {
                     .backward(&self.omega[..ks], &mt[0], &ds, Some(gs), None);
                 self.rd
                     .backward(&self.omega[ks..], &mt[1], &dr, Some(gr), None);
+                self.recycle(mt);
+                self.recycle([tm, tr]);
                 (Some(gw), loss)
             }
             ModelLearning::Funcid {
@@ -802,6 +823,7 @@ impl Agent {
                 }
             }
         };
+        self.recycle(tapes);
         if let Some(g) = model_grad {
             self.model_opt.step(&mut self.omega, &g);
         }

@@ -10,6 +10,13 @@
 
 use funcrl_bilevel::Mlp;
 
+thread_local! {
+    /// Backward's two row buffers, reused across calls (an update runs a dozen backwards).
+    static SCRATCH: std::cell::RefCell<(Vec<f64>, Vec<f64>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
 /// A ReLU MLP (linear output) described by its layer widths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dense {
@@ -158,37 +165,39 @@ impl Dense {
     ) {
         let n = tape.n;
         assert_eq!(dout.len(), n * self.output());
-        let mut g = dout.to_vec();
-        let mut dx = dx;
-        for l in (0..self.n_layers()).rev() {
-            let (i, o, w, b) = self.layer(l);
-            let h_in = &tape.h[l];
-            if let Some(gr) = grad.as_deref_mut() {
-                gemm(i, n, o, h_in, true, &g, false, &mut gr[w..w + i * o], 1.0);
-                let db = &mut gr[b..b + o];
-                for row in g.chunks_exact(o) {
-                    for (d, v) in db.iter_mut().zip(row) {
-                        *d += v;
+        SCRATCH.with_borrow_mut(|(g, dh)| {
+            g.clear();
+            g.extend_from_slice(dout);
+            let mut dx = dx;
+            for l in (0..self.n_layers()).rev() {
+                let (i, o, w, b) = self.layer(l);
+                let h_in = &tape.h[l];
+                if let Some(gr) = grad.as_deref_mut() {
+                    gemm(i, n, o, h_in, true, g, false, &mut gr[w..w + i * o], 1.0);
+                    let db = &mut gr[b..b + o];
+                    for row in g.chunks_exact(o) {
+                        for (d, v) in db.iter_mut().zip(row) {
+                            *d += v;
+                        }
                     }
                 }
-            }
-            if l == 0 {
-                if let Some(dx) = dx.as_deref_mut() {
-                    assert_eq!(dx.len(), n * i);
-                    gemm(n, o, i, &g, false, &p[w..w + i * o], true, dx, 0.0);
+                if l == 0 {
+                    if let Some(dx) = dx.as_deref_mut() {
+                        assert_eq!(dx.len(), n * i);
+                        gemm(n, o, i, g, false, &p[w..w + i * o], true, dx, 0.0);
+                    }
+                    break;
                 }
-                break;
-            }
-            let mut dh = vec![0.0; n * i];
-            gemm(n, o, i, &g, false, &p[w..w + i * o], true, &mut dh, 0.0);
-            // ReLU: h = max(z, 0) passes the gradient where z > 0, i.e. where h > 0.
-            for (d, h) in dh.iter_mut().zip(h_in) {
-                if *h <= 0.0 {
-                    *d = 0.0;
+                dh.resize(n * i, 0.0);
+                gemm(n, o, i, g, false, &p[w..w + i * o], true, dh, 0.0);
+                // ReLU: h = max(z, 0) passes the gradient where z > 0, i.e. where h > 0
+                // (a select, not a branch: half the units are off).
+                for (d, h) in dh.iter_mut().zip(h_in) {
+                    *d = if *h > 0.0 { *d } else { 0.0 };
                 }
+                std::mem::swap(g, dh);
             }
-            g = dh;
-        }
+        });
     }
 
     /// Forward-mode derivative of the last forward's output in parameter direction `u`
@@ -220,9 +229,7 @@ impl Dense {
             }
             if l + 1 < layers {
                 for (d, h) in dz.iter_mut().zip(&tape.h[l + 1]) {
-                    if *h <= 0.0 {
-                        *d = 0.0;
-                    }
+                    *d = if *h > 0.0 { *d } else { 0.0 };
                 }
             }
             t = dz;
