@@ -28,6 +28,8 @@ pub const LOSS_COLUMNS: [&str; 4] = [
     "losses/outer_loss",
 ];
 pub const CHECKPOINT: &str = "checkpoint.h5";
+/// Written when a run finishes.
+pub const SUMMARY: &str = "summary.json";
 
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
@@ -182,10 +184,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
     }
     bar.finish_and_clear();
     let summary = summarize(&read_evals(&run.file("evals.csv"))?, &cfg.env);
-    run.write(
-        "summary.json",
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    run.write(SUMMARY, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     run.log(&format!(
         "done: {} steps in {:.1} s; final eval return {:.1}",
         trainer.step,
@@ -281,6 +280,16 @@ pub struct CompareArgs {
     pub jobs: Option<usize>,
 }
 
+/// The run directories (holding a config.toml) inside a compare output folder.
+fn run_dirs(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.toml").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
 /// Runs every (config, seed) as a child `funcrl train` process, then plots and tabulates.
 pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
     // Validate everything before starting anything.
@@ -288,6 +297,16 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
     for c in &args.configs {
         let cfg = load_config(c, &args.overrides, None)?;
         names.push(cfg.agent.name().to_string());
+    }
+    // Two configs of the same agent kind (say funcid full and paper) are told apart by file name.
+    let kinds = names.clone();
+    for (ci, name) in names.iter_mut().enumerate() {
+        if kinds.iter().filter(|k| *k == name).count() > 1 {
+            let stem = args.configs[ci]
+                .file_stem()
+                .map_or(format!("#{ci}"), |s| s.to_string_lossy().into_owned());
+            *name = format!("{name} ({stem})");
+        }
     }
     let jobs = args
         .jobs
@@ -300,7 +319,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
             let out = args
                 .out
                 .join("runs")
-                .join(format!("{ci}_{}_{s}", names[ci]));
+                .join(format!("{ci}_{}_{s}", kinds[ci]));
             queue.push((ci, s, c.clone(), out));
         }
     }
@@ -311,25 +330,44 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
         while running.len() < jobs && next < queue.len() {
             let (ci, s, c, out) = &queue[next];
             std::fs::create_dir_all(out)?;
-            let mut cmd = std::process::Command::new(&exe);
-            cmd.arg("train")
-                .arg("--config")
-                .arg(c)
-                .arg("--seed")
-                .arg(s.to_string())
-                .arg("--out")
-                .arg(out)
-                .arg("--quiet");
-            for o in &args.overrides {
-                cmd.arg("--set").arg(o);
+            // Rerunning a killed compare keeps finished runs and resumes the others from their
+            // checkpoints.
+            let previous = run_dirs(out)?;
+            if previous.iter().any(|d| d.join(SUMMARY).is_file()) {
+                eprintln!("done already: {} seed {s}", names[*ci]);
+                done.push((next, out.clone()));
+                next += 1;
+                continue;
             }
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("train");
+            match previous.iter().find(|d| d.join(CHECKPOINT).is_file()) {
+                Some(dir) => {
+                    eprintln!("resume {} seed {s} from {}", names[*ci], dir.display());
+                    cmd.arg("--resume").arg(dir);
+                }
+                None => {
+                    eprintln!("start {} seed {s}", names[*ci]);
+                    cmd.arg("--config")
+                        .arg(c)
+                        .arg("--seed")
+                        .arg(s.to_string())
+                        .arg("--out")
+                        .arg(out);
+                    for o in &args.overrides {
+                        cmd.arg("--set").arg(o);
+                    }
+                }
+            }
+            cmd.arg("--quiet");
             // Children print their run directory on stdout; keep ours for the table.
-            cmd.stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(out.join("stderr.log"))?);
-            eprintln!("start {} seed {s}", names[*ci]);
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(out.join("stderr.log"))?;
+            cmd.stdout(std::process::Stdio::null()).stderr(log);
             running.push((cmd.spawn()?, next));
             next += 1;
-            let _ = ci;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
         let mut k = 0;
@@ -353,10 +391,10 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
     // One run directory per output folder.
     let mut per_agent: Vec<Vec<Vec<(f64, f64)>>> = vec![vec![]; args.configs.len()];
     for (qi, out) in &done {
-        let dir = std::fs::read_dir(out)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.join("evals.csv").is_file())
-            .with_context(|| format!("no run directory in {}", out.display()))?;
+        let dir = run_dirs(out)?
+            .into_iter()
+            .find(|p| p.join(SUMMARY).is_file())
+            .with_context(|| format!("no finished run directory in {}", out.display()))?;
         per_agent[queue[*qi].0].push(read_evals(&dir.join("evals.csv"))?);
     }
     let env = load_config(&args.configs[0], &args.overrides, None)?.env;

@@ -245,9 +245,9 @@ fn config_errors_name_the_field_and_exit_2() {
 #[test]
 fn compare_plots_and_tabulates() {
     let out = tmp("compare");
-    let (m, f) = (config("mle"), config("funcid"));
+    let (m, f, fp) = (config("mle"), config("funcid"), config("funcid_paper"));
     let mut args: Vec<&str> = vec![
-        "compare", "--config", &m, &f, "--seeds", "0,1", "--jobs", "2",
+        "compare", "--config", &m, &f, &fp, "--seeds", "0,1", "--jobs", "2",
     ];
     let o = out.display().to_string();
     args.extend_from_slice(&["--out", &o]);
@@ -257,9 +257,31 @@ fn compare_plots_and_tabulates() {
     let r = Command::new(BIN).args(&args).output().unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let table = String::from_utf8(r.stdout).unwrap();
+    // two funcid configs: told apart by file name
     assert!(
-        table.contains("| mle |") && table.contains("| funcid |"),
+        table.contains("| mle |")
+            && table.contains("| funcid (cartpole_funcid) |")
+            && table.contains("| funcid (cartpole_funcid_paper) |"),
         "{table}"
     );
     assert!(out.join("curves.png").is_file() && out.join("summary.md").is_file());
+
+    // Rerunning keeps finished runs and resumes unfinished ones from their checkpoints: drop one
+    // run's summary (as if killed after its last checkpoint) and compare again.
+    let runs = out.join("runs").join("1_funcid_1");
+    let dir = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").is_file())
+        .unwrap();
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    let r = Command::new(BIN).args(&args).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let log = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(log.matches("done already").count(), 5, "{log}");
+    assert!(
+        log.contains("resume funcid (cartpole_funcid) seed 1"),
+        "{log}"
+    );
+    assert_eq!(String::from_utf8(r.stdout).unwrap(), table);
 }
