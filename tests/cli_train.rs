@@ -220,7 +220,14 @@ fn config_errors_name_the_field_and_exit_2() {
             &["--set", "model.predict=gaussian"],
             &["`next_state`", "`delta`"],
         ),
-        (&["--set", "env=Pendulum-v1"], &["continuous action space"]),
+        (
+            &["--set", "action_bins=5"],
+            &["action_bins", "discrete action space"],
+        ),
+        (
+            &["--set", "env=Pendulum-v1", "--set", "action_bins=1"],
+            &["action_bins must be at least 2"],
+        ),
         (&["--set", "env=CartPole-v9"], &["CartPole-v1"]),
         (
             &["--set", "warmup_steps=10"],
@@ -284,4 +291,30 @@ fn compare_plots_and_tabulates() {
         "{log}"
     );
     assert_eq!(String::from_utf8(r.stdout).unwrap(), table);
+}
+
+#[test]
+fn pendulum_trains_on_an_action_grid() {
+    // Continuous actions: the soft-Q picks among `action_bins` torques, the model sees the torque.
+    let out = tmp("pendulum");
+    let o = out.display().to_string();
+    let c = config("funcid");
+    let mut args = vec!["--config", c.as_str(), "--out", o.as_str()];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(&["--set", "env=Pendulum-v1", "--set", "action_bins=3"]);
+    let dir = run_dir(&train(&args));
+    let e = rows(&dir.join("evals.csv"));
+    assert_eq!(
+        e.iter().map(|r| r[0]).collect::<Vec<_>>(),
+        vec![200.0, 400.0]
+    );
+    // Pendulum's per-step reward lies in [-16.27, 0] and episodes last 200 steps.
+    assert!(
+        e.iter().all(|r| r[1] <= 0.0 && r[1] >= -16.3 * 200.0),
+        "{e:?}"
+    );
+    let l = rows(&dir.join("losses.csv"));
+    assert!(l.iter().flatten().all(|v| v.is_finite()), "{l:?}");
+    let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(cfg.contains("action_bins = 3"), "{cfg}");
 }

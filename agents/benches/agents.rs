@@ -83,6 +83,7 @@ fn main() {
             ..ModelConfig::default()
         },
         precision: Precision::F64,
+        action_values: None,
     };
     let mut agent = Agent::new(cfg, s_dim, 2, &mut StdRng::seed_from_u64(0));
     let mut r = StdRng::seed_from_u64(2);
@@ -157,6 +158,7 @@ fn main() {
             q: QConfig::default(),
             model: ModelConfig::default(),
             replay: ReplayConfig::default(),
+            action_bins: None,
         };
         let mut tr = Trainer::new(cfg).expect("valid bench config");
         while tr.step < 1000 {

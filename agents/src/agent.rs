@@ -320,6 +320,9 @@ pub struct AgentConfig {
     pub q: QConfig,
     pub model: ModelConfig,
     pub precision: Precision,
+    /// Continuous actions on a grid: the model's input is (s, value) instead of (s, one_hot(a)).
+    #[serde(default)]
+    pub action_values: Option<Vec<f64>>,
 }
 
 /// An agent: the soft double-Q, its Polyak target, the world model and their optimisers, all as
@@ -413,9 +416,17 @@ impl Agent {
         let ctx = Ctx::flex(cfg.precision);
         let qnet = DoubleQ::new(obs_dim, cfg.q.hidden.clone(), n_actions);
         let q_like = qnet.init(&ctx, rng);
+        if let Some(v) = &cfg.action_values {
+            assert_eq!(v.len(), n_actions, "one value per action");
+        }
+        let action_width = if cfg.action_values.is_some() {
+            1
+        } else {
+            n_actions
+        };
         let model = WorldModel::new(
             obs_dim,
-            obs_dim + n_actions,
+            obs_dim + action_width,
             cfg.model.hidden.clone(),
             cfg.model.predict,
         );
@@ -518,7 +529,7 @@ impl Agent {
         let c = &self.ctx;
         BatchTensors {
             s: c.tensor2(b.obs.clone(), n, s),
-            x: c.tensor2(self.model_input(b), n, s + a),
+            x: c.tensor2(self.model_input(b), n, self.model.state_net.input),
             onehot2: c.tensor2(onehot2, n, 2 * a),
             r: c.tensor2(b.reward.clone(), n, 1),
             s_next: c.tensor2(b.next_obs.clone(), n, s),
@@ -528,14 +539,17 @@ impl Agent {
         }
     }
 
-    /// The model's input rows (s, one_hot(a)).
+    /// The model's input rows: (s, one_hot(a)), or (s, action value) for continuous actions.
     fn model_input(&self, b: &Batch) -> Vec<f64> {
         let (s, a) = (self.obs_dim, self.n_actions);
         let mut x = Vec::with_capacity(b.len() * (s + a));
         for j in 0..b.len() {
             x.extend_from_slice(&b.obs[j * s..(j + 1) * s]);
             let k = b.action[j] as usize;
-            x.extend((0..a).map(|i| if i == k { 1.0 } else { 0.0 }));
+            match &self.cfg.action_values {
+                Some(v) => x.push(v[k]),
+                None => x.extend((0..a).map(|i| if i == k { 1.0 } else { 0.0 })),
+            }
         }
         x
     }

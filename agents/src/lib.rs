@@ -15,4 +15,4 @@ pub use agent::{
 };
 pub use replay::{Batch, PerConfig, ReplayBuffer, Transition};
 pub use targets::Ending;
-pub use trainer::{ReplayConfig, TrainConfig, Trainer};
+pub use trainer::{ActionMap, ReplayConfig, TrainConfig, Trainer};

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use funcrl_bilevel::Precision;
-use funcrl_envs::{Action, Env, EnvError, MakeOptions, Obs, Space};
+use funcrl_envs::{Action, Env, EnvError, MakeOptions, Obs, Space, Step};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +93,71 @@ pub struct TrainConfig {
     pub model: ModelConfig,
     #[serde(default)]
     pub replay: ReplayConfig,
+    /// Continuous (one-dimensional) action spaces, e.g. Pendulum-v1: the soft-Q acts over this
+    /// many evenly spaced actions from low to high (default 5), and the world model sees the
+    /// action value itself rather than a one-hot code.
+    #[serde(default)]
+    pub action_bins: Option<usize>,
+}
+
+/// What the agent's action indices mean for the env.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionMap {
+    /// Index k is `Discrete(k)`.
+    Discrete(usize),
+    /// Index k is the k-th of these values (a one-dimensional `Box`).
+    Grid(Vec<f64>),
+}
+
+impl ActionMap {
+    pub fn len(&self) -> usize {
+        match self {
+            ActionMap::Discrete(n) => *n,
+            ActionMap::Grid(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The env's action space read through `bins` (None: the default 5 for continuous spaces).
+    pub fn new(space: &Space, env: &str, bins: Option<usize>) -> Result<Self, String> {
+        match space {
+            Space::Discrete { n, .. } => match bins {
+                None => Ok(ActionMap::Discrete(*n as usize)),
+                Some(_) => Err(format!(
+                    "action_bins: {env} has a discrete action space; action_bins only applies to continuous ones (Pendulum-v1)"
+                )),
+            },
+            Space::Box { low, high } => {
+                if low.len() != 1 {
+                    return Err(format!(
+                        "env: {env} has a {}-dimensional action space; the soft-Q agents handle one dimension",
+                        low.len()
+                    ));
+                }
+                let k = bins.unwrap_or(5);
+                if k < 2 {
+                    return Err(format!("action_bins must be at least 2, got {k}"));
+                }
+                let (lo, hi) = (low[0] as f64, high[0] as f64);
+                Ok(ActionMap::Grid(
+                    (0..k)
+                        .map(|i| lo + (hi - lo) * i as f64 / (k - 1) as f64)
+                        .collect(),
+                ))
+            }
+        }
+    }
+
+    /// The model's encoding of actions: None for one-hot, the values for a grid.
+    pub fn values(&self) -> Option<Vec<f64>> {
+        match self {
+            ActionMap::Discrete(_) => None,
+            ActionMap::Grid(v) => Some(v.clone()),
+        }
+    }
 }
 
 impl TrainConfig {
@@ -100,12 +165,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), String> {
         funcrl_envs::spec(&self.env).map_err(|e| format!("env: {e}"))?;
         let env = funcrl_envs::make(&self.env).map_err(|e| format!("env: {e}"))?;
-        if !matches!(env.action_space(), Space::Discrete { .. }) {
-            return Err(format!(
-                "env: {} has a continuous action space; the soft-Q agents need a discrete one (CartPole-v0/v1, Acrobot-v1, MountainCar-v0)",
-                self.env
-            ));
-        }
+        ActionMap::new(&env.action_space(), &self.env, self.action_bins)?;
         let pos = |name: &str, v: f64| {
             if v > 0.0 && v.is_finite() {
                 Ok(())
@@ -151,6 +211,7 @@ impl TrainConfig {
             q: self.q.clone(),
             model: self.model.clone(),
             precision: self.precision,
+            action_values: None,
         }
     }
 }
@@ -213,6 +274,15 @@ pub struct Trainer {
     ep_return: f64,
     ep_len: u64,
     obs: Obs,
+    actions: ActionMap,
+}
+
+/// Steps `env` with the agent's action index `k`.
+fn step_with(env: &mut dyn Env, actions: &ActionMap, k: usize) -> Result<Step, EnvError> {
+    match actions {
+        ActionMap::Discrete(_) => env.step(Action::Discrete(k as i64)),
+        ActionMap::Grid(v) => env.step(Action::Continuous(&[v[k] as f32])),
+    }
 }
 
 /// The env without a wrapper time limit: the trainer counts episode steps itself, so that a
@@ -238,13 +308,14 @@ impl Trainer {
         cfg.validate().map_err(TrainError::Config)?;
         let (mut env, max_episode_steps) = make_env(&cfg.env)?;
         let obs_dim = env.observation_space().flat_dim();
-        let Space::Discrete { n, .. } = env.action_space() else {
-            unreachable!("validated")
-        };
+        let actions = ActionMap::new(&env.action_space(), &cfg.env, cfg.action_bins)
+            .map_err(TrainError::Config)?;
+        let mut agent_cfg = cfg.agent_config();
+        agent_cfg.action_values = actions.values();
         let agent = Agent::new(
-            cfg.agent_config(),
+            agent_cfg,
             obs_dim,
-            n as usize,
+            actions.len(),
             &mut rng_for(cfg.seed, 0, STREAM_INIT),
         );
         let buffer = ReplayBuffer::new(
@@ -265,6 +336,7 @@ impl Trainer {
             ep_return: 0.0,
             ep_len: 0,
             obs,
+            actions,
         })
     }
 
@@ -282,7 +354,7 @@ impl Trainer {
             self.agent
                 .act(&obs_f64(&self.obs), self.cfg.q.epsilon, &mut rng)
         };
-        let st = self.env.step(Action::Discrete(action as i64))?;
+        let st = step_with(self.env.as_mut(), &self.actions, action)?;
         self.ep_len += 1;
         self.ep_return += st.reward;
         let ending = Ending::from_flags(
@@ -349,7 +421,7 @@ impl Trainer {
             let mut total = 0.0;
             for _ in 0..limit {
                 let a = self.agent.act(&obs_f64(&obs), 0.0, &mut rng);
-                let st = env.step(Action::Discrete(a as i64))?;
+                let st = step_with(env.as_mut(), &self.actions, a)?;
                 total += st.reward;
                 obs = st.obs;
                 if st.terminated || st.truncated {
@@ -441,5 +513,35 @@ impl Trainer {
             .reset(Some(derive_seed(t.cfg.seed, t.episode, STREAM_EPISODE)));
         t.env.set_state(&h5io::get::<f64>(&s, "env_state")?)?;
         Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_grid_spans_the_box() {
+        let space = Space::Box {
+            low: vec![-2.0],
+            high: vec![2.0],
+        };
+        let m = ActionMap::new(&space, "Pendulum-v1", Some(3)).unwrap();
+        assert_eq!(m, ActionMap::Grid(vec![-2.0, 0.0, 2.0]));
+        assert_eq!(
+            ActionMap::new(&space, "Pendulum-v1", None).unwrap().len(),
+            5
+        );
+        let two_d = Space::Box {
+            low: vec![-1.0; 2],
+            high: vec![1.0; 2],
+        };
+        assert!(
+            ActionMap::new(&two_d, "X", None)
+                .unwrap_err()
+                .contains("2-dimensional")
+        );
+        let d = ActionMap::new(&Space::discrete(2), "CartPole-v1", None).unwrap();
+        assert_eq!((d.len(), d.values()), (2, None));
     }
 }

@@ -206,7 +206,7 @@ impl Reference {
     }
 }
 
-fn random_batch(rng: &mut StdRng, n: usize) -> Batch {
+fn random_batch(rng: &mut StdRng, n: usize, n_actions: usize) -> Batch {
     let mut draw = |k: usize, scale: f64| -> Vec<f64> {
         (0..k)
             .map(|_| scale * (rng.random::<f64>() - 0.5))
@@ -221,7 +221,9 @@ fn random_batch(rng: &mut StdRng, n: usize) -> Batch {
     let weight: Vec<f64> = draw(n, 1.0).iter().map(|w| 1.0 + w).collect();
     Batch {
         indices: (0..n).collect(),
-        action: (0..n).map(|i| ((i * 7 + 3) % 5 % 2) as f64).collect(),
+        action: (0..n)
+            .map(|i| ((i * 7 + 3) % 5 % n_actions) as f64)
+            .collect(),
         obs,
         next_obs,
         reward: vec![1.0; n],
@@ -241,6 +243,11 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn check(learning: ModelLearning, predict: Predict, tol: f64) {
+    check_with(learning, predict, tol, None);
+}
+
+fn check_with(learning: ModelLearning, predict: Predict, tol: f64, values: Option<Vec<f64>>) {
+    let n_actions = values.as_ref().map_or(2, Vec::len);
     let cfg = AgentConfig {
         learning: learning.clone(),
         q: QConfig {
@@ -253,14 +260,15 @@ fn check(learning: ModelLearning, predict: Predict, tol: f64) {
             lr: 1e-2,
         },
         precision: Precision::F64,
+        action_values: values,
     };
-    let mut agent = Agent::new(cfg, 4, 2, &mut StdRng::seed_from_u64(5));
+    let mut agent = Agent::new(cfg, 4, n_actions, &mut StdRng::seed_from_u64(5));
     let mut reference = Reference::new(&agent);
     let mut data = StdRng::seed_from_u64(6);
     let (mut ra, mut rb) = (StdRng::seed_from_u64(8), StdRng::seed_from_u64(8));
     let omega0 = agent.omega.clone();
     for step in 0..4 {
-        let batch = random_batch(&mut data, 40);
+        let batch = random_batch(&mut data, 40, n_actions);
         let (stats, td) = agent.update(&batch, &mut ra);
         let (ql, ml, ol, td_ref) = reference.update(&agent, &batch, &mut rb);
         let what = format!("{learning:?} {predict:?} step {step}");
@@ -361,4 +369,19 @@ fn omd_jvp_matches_the_solvers_finite_difference_identity_method() {
         Predict::Delta,
         1e-5,
     );
+}
+
+#[test]
+fn continuous_action_grid_matches_the_autodiff_reference() {
+    // The model sees the action value (Pendulum's torque grid), not a one-hot code.
+    let values = Some(vec![-2.0, 0.0, 2.0]);
+    for learning in [
+        ModelLearning::Mle,
+        ModelLearning::Funcid {
+            mode: FuncidMode::Full,
+            adjoint_steps: 3,
+        },
+    ] {
+        check_with(learning, Predict::Delta, 1e-10, values.clone());
+    }
 }
