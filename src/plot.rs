@@ -130,6 +130,24 @@ pub fn curves(
     })
 }
 
+/// Axis numbers without float noise: 20000 → "20k", 1500000 → "1.5M", 0.25 → "0.25".
+fn compact(v: f64) -> String {
+    let trim = |x: f64| {
+        let s = format!("{x:.3}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        if s == "-0" {
+            "0".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    match v.abs() {
+        a if a >= 1e6 => format!("{}M", trim(v / 1e6)),
+        a if a >= 1e3 => format!("{}k", trim(v / 1e3)),
+        _ => trim(v),
+    }
+}
+
 fn draw_curves<'a, Y>(
     mut chart: ChartContext<
         'a,
@@ -147,6 +165,7 @@ where
 {
     chart
         .configure_mesh()
+        .x_label_formatter(&|v| compact(*v))
         .x_desc(x_label)
         .y_desc(y_label)
         .label_style(("sans-serif", 15))
@@ -430,5 +449,15 @@ mod tests {
             Err(PlotError::Empty(..))
         ));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn compact_axis_numbers() {
+        assert_eq!(compact(20000.0), "20k");
+        assert_eq!(compact(1_500_000.0), "1.5M");
+        assert_eq!(compact(2500.0), "2.5k");
+        assert_eq!(compact(0.25), "0.25");
+        assert_eq!(compact(-0.0001), "0");
+        assert_eq!(compact(300.0), "300");
     }
 }

@@ -278,6 +278,21 @@ pub struct CompareArgs {
     /// Parallel processes [default: the number of cores].
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Plot each seed's curve as a trailing mean over this many evaluations (the table is
+    /// computed from the raw evaluations either way).
+    #[arg(long, default_value_t = 1)]
+    pub smooth: usize,
+}
+
+/// Trailing mean over `k` points (the first points average what exists so far).
+fn trailing_mean(v: &[(f64, f64)], k: usize) -> Vec<(f64, f64)> {
+    let k = k.max(1);
+    (0..v.len())
+        .map(|i| {
+            let w = &v[i + 1 - k.min(i + 1)..=i];
+            (v[i].0, w.iter().map(|e| e.1).sum::<f64>() / w.len() as f64)
+        })
+        .collect()
 }
 
 /// The run directories (holding a config.toml) inside a compare output folder.
@@ -399,15 +414,17 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
     }
     let env = load_config(&args.configs[0], &args.overrides, None)?.env;
     let mut bands = vec![];
-    let mut table = "| agent | config | seeds | final return | AUC | steps to threshold (reached/seeds) |\n|---|---|---:|---:|---:|---:|\n".to_string();
+    let mut table = "| agent | config | seeds | final return | last 10 evals | AUC | steps to threshold (reached/seeds) |\n|---|---|---:|---:|---:|---:|---:|\n".to_string();
     for (ci, runs) in per_agent.iter().enumerate() {
         let len = runs.iter().map(Vec::len).min().unwrap_or(0);
         let x: Vec<f64> = runs
             .first()
             .map_or(vec![], |r| r[..len].iter().map(|e| e.0).collect());
         let (mut mean, mut std) = (vec![], vec![]);
+        let smoothed: Vec<Vec<(f64, f64)>> =
+            runs.iter().map(|r| trailing_mean(r, args.smooth)).collect();
         for i in 0..len {
-            let v: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
+            let v: Vec<f64> = smoothed.iter().map(|r| r[i].1).collect();
             let (m, s) = mean_std(&v);
             mean.push(m);
             std.push(s);
@@ -421,6 +438,15 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
         let sums: Vec<Summary> = runs.iter().map(|r| summarize(r, &env)).collect();
         let (fm, fs) = mean_std(&sums.iter().map(|s| s.final_return).collect::<Vec<_>>());
         let (am, as_) = mean_std(&sums.iter().map(|s| s.auc).collect::<Vec<_>>());
+        // The last evaluation is 10 episodes of one policy; the last ten are steadier.
+        let tail: Vec<f64> = runs
+            .iter()
+            .map(|r| {
+                let t = &r[r.len().saturating_sub(10)..];
+                t.iter().map(|e| e.1).sum::<f64>() / t.len().max(1) as f64
+            })
+            .collect();
+        let (tm, ts) = mean_std(&tail);
         let reached: Vec<f64> = sums.iter().filter_map(|s| s.steps_to_threshold).collect();
         let steps = if reached.is_empty() {
             "-".to_string()
@@ -433,7 +459,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
             )
         };
         table.push_str(&format!(
-            "| {} | {} | {} | {fm:.1} ± {fs:.1} | {am:.1} ± {as_:.1} | {steps} |\n",
+            "| {} | {} | {} | {fm:.1} ± {fs:.1} | {tm:.1} ± {ts:.1} | {am:.1} ± {as_:.1} | {steps} |\n",
             names[ci],
             args.configs[ci].display(),
             runs.len()
@@ -441,7 +467,14 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
     }
     plot::curves(
         &args.out.join("curves.png"),
-        &format!("{env}: eval return (mean ± std over seeds)"),
+        &if args.smooth > 1 {
+            format!(
+                "{env}: eval return, trailing mean of {} evals (mean ± std over seeds)",
+                args.smooth
+            )
+        } else {
+            format!("{env}: eval return (mean ± std over seeds)")
+        },
         "env steps",
         "episodic return",
         &bands,
@@ -449,4 +482,19 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
     )?;
     crate::rundir::write_atomic(&args.out.join("summary.md"), table.as_bytes())?;
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_mean_by_hand() {
+        let v = [(1.0, 2.0), (2.0, 4.0), (3.0, 9.0), (4.0, 1.0)];
+        assert_eq!(
+            trailing_mean(&v, 2),
+            vec![(1.0, 2.0), (2.0, 3.0), (3.0, 6.5), (4.0, 5.0)]
+        );
+        assert_eq!(trailing_mean(&v, 1), v.to_vec());
+    }
 }
