@@ -25,6 +25,8 @@ pub enum Act {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Layer {
     pub layer_norm: bool,
+    /// LayerNorm after the activation (else between the linear map and the activation).
+    pub norm_after_act: bool,
     pub act: Act,
 }
 
@@ -52,9 +54,49 @@ impl Net {
         let layers = (0..k)
             .map(|l| Layer {
                 layer_norm: layer_norm && l > 0,
+                norm_after_act: false,
                 act: if l == k - 1 { final_act } else { Act::Relu },
             })
             .collect();
+        Self::with_layers(widths, layers, spectral_norm, head)
+    }
+
+    /// funcBO's placement of LayerNorm (its `OuterModel` and instrument `Sequential` for
+    /// dSprites): after the activation of hidden layers — the second only for the treatment
+    /// net (`final_act` Tanh), every hidden layer from the second on for the instrument net —
+    /// and before the final activation. Four layers: treatment Lin-ReLU, Lin-ReLU-LN, Lin-ReLU,
+    /// Lin-LN-Tanh; instrument Lin-ReLU, Lin-ReLU-LN, Lin-ReLU-LN, Lin-LN-ReLU.
+    pub fn funcbo(
+        widths: Vec<usize>,
+        final_act: Act,
+        spectral_norm: bool,
+        head: Option<usize>,
+    ) -> Self {
+        let k = widths.len() - 1;
+        let layers = (0..k)
+            .map(|l| {
+                let last = l == k - 1;
+                let hidden_norm = match final_act {
+                    Act::Tanh => l == 1,
+                    Act::Relu => l >= 1,
+                };
+                Layer {
+                    layer_norm: last || hidden_norm,
+                    norm_after_act: !last,
+                    act: if last { final_act } else { Act::Relu },
+                }
+            })
+            .collect();
+        Self::with_layers(widths, layers, spectral_norm, head)
+    }
+
+    fn with_layers(
+        widths: Vec<usize>,
+        layers: Vec<Layer>,
+        spectral_norm: bool,
+        head: Option<usize>,
+    ) -> Self {
+        let k = widths.len() - 1;
         Self {
             u: RefCell::new(vec![None; k]),
             widths,
@@ -145,17 +187,23 @@ impl Net {
         for (l, layer) in self.layers.iter().enumerate() {
             let w = self.weight(l, &params.0[at]);
             h = h.matmul(w) + params.0[at + 1].clone();
-            if layer.layer_norm {
+            let norm = |h: Tensor<2>| {
                 let m = h.clone().mean_dim(1);
                 let c = h - m;
                 let var = c.clone().square().mean_dim(1);
-                h = c.mul(var.add_scalar(1e-5).sqrt().recip()) * params.0[at + 2].clone()
-                    + params.0[at + 3].clone();
+                c.mul(var.add_scalar(1e-5).sqrt().recip()) * params.0[at + 2].clone()
+                    + params.0[at + 3].clone()
+            };
+            if layer.layer_norm && !layer.norm_after_act {
+                h = norm(h);
             }
             h = match layer.act {
                 Act::Relu => activation::relu(h),
                 Act::Tanh => h.tanh(),
             };
+            if layer.layer_norm && layer.norm_after_act {
+                h = norm(h);
+            }
             at += self.per_layer(l);
         }
         let out = self
