@@ -249,6 +249,63 @@ mod tests {
     use funcrl_bilevel::Precision;
     use rand::SeedableRng;
 
+    /// funcBO's layout: treatment net Lin-ReLU, Lin-ReLU-LN, Lin-ReLU, Lin-LN-Tanh. Recomputed
+    /// on the host from the parameters (σ̂ from the stored power-iteration vectors): same output.
+    #[test]
+    fn funcbo_layout_matches_a_host_forward() {
+        let ctx = Ctx::flex(Precision::F64);
+        let widths = vec![6, 5, 7, 4, 3];
+        let net = Net::funcbo(widths.clone(), Act::Tanh, true, None);
+        let p = net.init(&ctx, &mut StdRng::seed_from_u64(2));
+        for _ in 0..3 {
+            net.refresh(&ctx, &p);
+        }
+        let x: Vec<f64> = (0..12).map(|k| (k as f64 * 0.71).cos()).collect();
+        let got = to_vec(&net.run(&p, &ctx.tensor2(x.clone(), 2, 6)).0);
+        let ln = |h: &mut [f64], g: &[f64], b: &[f64]| {
+            let m = h.iter().sum::<f64>() / h.len() as f64;
+            let v = h.iter().map(|y| (y - m).powi(2)).sum::<f64>() / h.len() as f64;
+            for (i, y) in h.iter_mut().enumerate() {
+                *y = (*y - m) / (v + 1e-5).sqrt() * g[i] + b[i];
+            }
+        };
+        let mut at = 0;
+        let mut h: Vec<Vec<f64>> = vec![x[..6].to_vec(), x[6..].to_vec()];
+        for l in 0..4 {
+            let (i, o) = (widths[l], widths[l + 1]);
+            let w = to_vec(&p.0[at]);
+            let b = to_vec(&p.0[at + 1]);
+            let sigma = net.sigma_hat(&p, l);
+            let has_ln = l == 1 || l == 3;
+            for row in h.iter_mut() {
+                let mut y: Vec<f64> = (0..o)
+                    .map(|c| (0..i).map(|r| row[r] * w[r * o + c]).sum::<f64>() / sigma + b[c])
+                    .collect();
+                let (g, bb) = if has_ln {
+                    (to_vec(&p.0[at + 2]), to_vec(&p.0[at + 3]))
+                } else {
+                    (vec![], vec![])
+                };
+                if l == 3 {
+                    ln(&mut y, &g, &bb);
+                    y.iter_mut().for_each(|v| *v = v.tanh());
+                } else {
+                    y.iter_mut().for_each(|v| *v = v.max(0.0));
+                    if has_ln {
+                        ln(&mut y, &g, &bb);
+                    }
+                }
+                *row = y;
+            }
+            at += if has_ln { 4 } else { 2 };
+        }
+        assert_eq!(at, p.len());
+        let want = h.concat();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "{got:?} vs {want:?}");
+        }
+    }
+
     /// After power iteration σ̂ equals the top singular value (checked against ‖W‖₂ from the
     /// Gram matrix's power method), LayerNorm output has zero mean and unit variance per row.
     #[test]

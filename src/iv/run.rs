@@ -706,9 +706,9 @@ mod tests {
         let aug = |r: usize, i: usize| if i < feat { vh[r * feat + i] } else { 1.0 };
         let mut a = vec![0.0; q * q];
         let mut u = vec![0.0; q];
-        for r in 0..n2 {
+        for (r, yr) in y2.iter().enumerate() {
             for i in 0..q {
-                u[i] += aug(r, i) * y2[r];
+                u[i] += aug(r, i) * yr;
                 for j in 0..q {
                     a[i * q + j] += aug(r, i) * aug(r, j);
                 }
