@@ -25,6 +25,8 @@ pub enum Act {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Layer {
     pub layer_norm: bool,
+    /// LayerNorm after the activation (else between the linear map and the activation).
+    pub norm_after_act: bool,
     pub act: Act,
 }
 
@@ -52,9 +54,49 @@ impl Net {
         let layers = (0..k)
             .map(|l| Layer {
                 layer_norm: layer_norm && l > 0,
+                norm_after_act: false,
                 act: if l == k - 1 { final_act } else { Act::Relu },
             })
             .collect();
+        Self::with_layers(widths, layers, spectral_norm, head)
+    }
+
+    /// funcBO's placement of LayerNorm (its `OuterModel` and instrument `Sequential` for
+    /// dSprites): after the activation of hidden layers — the second only for the treatment
+    /// net (`final_act` Tanh), every hidden layer from the second on for the instrument net —
+    /// and before the final activation. Four layers: treatment Lin-ReLU, Lin-ReLU-LN, Lin-ReLU,
+    /// Lin-LN-Tanh; instrument Lin-ReLU, Lin-ReLU-LN, Lin-ReLU-LN, Lin-LN-ReLU.
+    pub fn funcbo(
+        widths: Vec<usize>,
+        final_act: Act,
+        spectral_norm: bool,
+        head: Option<usize>,
+    ) -> Self {
+        let k = widths.len() - 1;
+        let layers = (0..k)
+            .map(|l| {
+                let last = l == k - 1;
+                let hidden_norm = match final_act {
+                    Act::Tanh => l == 1,
+                    Act::Relu => l >= 1,
+                };
+                Layer {
+                    layer_norm: last || hidden_norm,
+                    norm_after_act: !last,
+                    act: if last { final_act } else { Act::Relu },
+                }
+            })
+            .collect();
+        Self::with_layers(widths, layers, spectral_norm, head)
+    }
+
+    fn with_layers(
+        widths: Vec<usize>,
+        layers: Vec<Layer>,
+        spectral_norm: bool,
+        head: Option<usize>,
+    ) -> Self {
+        let k = widths.len() - 1;
         Self {
             u: RefCell::new(vec![None; k]),
             widths,
@@ -145,17 +187,23 @@ impl Net {
         for (l, layer) in self.layers.iter().enumerate() {
             let w = self.weight(l, &params.0[at]);
             h = h.matmul(w) + params.0[at + 1].clone();
-            if layer.layer_norm {
+            let norm = |h: Tensor<2>| {
                 let m = h.clone().mean_dim(1);
                 let c = h - m;
                 let var = c.clone().square().mean_dim(1);
-                h = c.mul(var.add_scalar(1e-5).sqrt().recip()) * params.0[at + 2].clone()
-                    + params.0[at + 3].clone();
+                c.mul(var.add_scalar(1e-5).sqrt().recip()) * params.0[at + 2].clone()
+                    + params.0[at + 3].clone()
+            };
+            if layer.layer_norm && !layer.norm_after_act {
+                h = norm(h);
             }
             h = match layer.act {
                 Act::Relu => activation::relu(h),
                 Act::Tanh => h.tanh(),
             };
+            if layer.layer_norm && layer.norm_after_act {
+                h = norm(h);
+            }
             at += self.per_layer(l);
         }
         let out = self
@@ -200,6 +248,63 @@ mod tests {
     use super::*;
     use funcrl_bilevel::Precision;
     use rand::SeedableRng;
+
+    /// funcBO's layout: treatment net Lin-ReLU, Lin-ReLU-LN, Lin-ReLU, Lin-LN-Tanh. Recomputed
+    /// on the host from the parameters (σ̂ from the stored power-iteration vectors): same output.
+    #[test]
+    fn funcbo_layout_matches_a_host_forward() {
+        let ctx = Ctx::flex(Precision::F64);
+        let widths = vec![6, 5, 7, 4, 3];
+        let net = Net::funcbo(widths.clone(), Act::Tanh, true, None);
+        let p = net.init(&ctx, &mut StdRng::seed_from_u64(2));
+        for _ in 0..3 {
+            net.refresh(&ctx, &p);
+        }
+        let x: Vec<f64> = (0..12).map(|k| (k as f64 * 0.71).cos()).collect();
+        let got = to_vec(&net.run(&p, &ctx.tensor2(x.clone(), 2, 6)).0);
+        let ln = |h: &mut [f64], g: &[f64], b: &[f64]| {
+            let m = h.iter().sum::<f64>() / h.len() as f64;
+            let v = h.iter().map(|y| (y - m).powi(2)).sum::<f64>() / h.len() as f64;
+            for (i, y) in h.iter_mut().enumerate() {
+                *y = (*y - m) / (v + 1e-5).sqrt() * g[i] + b[i];
+            }
+        };
+        let mut at = 0;
+        let mut h: Vec<Vec<f64>> = vec![x[..6].to_vec(), x[6..].to_vec()];
+        for l in 0..4 {
+            let (i, o) = (widths[l], widths[l + 1]);
+            let w = to_vec(&p.0[at]);
+            let b = to_vec(&p.0[at + 1]);
+            let sigma = net.sigma_hat(&p, l);
+            let has_ln = l == 1 || l == 3;
+            for row in h.iter_mut() {
+                let mut y: Vec<f64> = (0..o)
+                    .map(|c| (0..i).map(|r| row[r] * w[r * o + c]).sum::<f64>() / sigma + b[c])
+                    .collect();
+                let (g, bb) = if has_ln {
+                    (to_vec(&p.0[at + 2]), to_vec(&p.0[at + 3]))
+                } else {
+                    (vec![], vec![])
+                };
+                if l == 3 {
+                    ln(&mut y, &g, &bb);
+                    y.iter_mut().for_each(|v| *v = v.tanh());
+                } else {
+                    y.iter_mut().for_each(|v| *v = v.max(0.0));
+                    if has_ln {
+                        ln(&mut y, &g, &bb);
+                    }
+                }
+                *row = y;
+            }
+            at += if has_ln { 4 } else { 2 };
+        }
+        assert_eq!(at, p.len());
+        let want = h.concat();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "{got:?} vs {want:?}");
+        }
+    }
 
     /// After power iteration σ̂ equals the top singular value (checked against ‖W‖₂ from the
     /// Gram matrix's power method), LayerNorm output has zero mean and unit variance per row.

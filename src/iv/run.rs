@@ -59,6 +59,18 @@ pub struct NetworkConfig {
     pub spectral_norm: bool,
     #[serde(default = "d_true")]
     pub layer_norm: bool,
+    /// Where LayerNorm sits: "funcbo" (funcBO's dSprites networks, see [`Net::funcbo`]) or
+    /// "pre_activation" (between the linear map and the activation of every layer but the first).
+    #[serde(default)]
+    pub norm_layout: NormLayout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormLayout {
+    #[default]
+    Funcbo,
+    PreActivation,
 }
 
 impl Default for NetworkConfig {
@@ -69,6 +81,7 @@ impl Default for NetworkConfig {
             features: d_features(),
             spectral_norm: true,
             layer_norm: true,
+            norm_layout: NormLayout::Funcbo,
         }
     }
 }
@@ -102,6 +115,70 @@ pub struct IvConfig {
     pub method: toml::Table,
     #[serde(default = "default_outer")]
     pub outer_optimizer: OptimizerConfig,
+    /// How the `weight_decay` of `inner.optimizer` and `outer_optimizer` is read (see
+    /// [`DecayForm`]); the adjoint network's optimiser (method `funcid`) is used as given.
+    #[serde(default)]
+    pub weight_decay_form: DecayForm,
+    /// Which columns to standardise with their training mean and standard deviation before
+    /// fitting (see [`Standardize`]); predictions are mapped back, so the test MSE is always on
+    /// the original scale of the outcome.
+    #[serde(default)]
+    pub standardize: Standardize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standardize {
+    #[default]
+    None,
+    /// Treatment, instrument and outcome columns.
+    All,
+    /// Instrument columns only (dSprites: the latents' ranges differ, 0.5–1 for scale and
+    /// 0–2π for orientation; the pixels stay as they are).
+    Instrument,
+}
+
+/// Weight decay is added to the gradient (PyTorch's Adam). DFIV and funcBO add it to the
+/// gradient of losses *summed* over rows (stage 1 ‖ψ̃W − φ‖² + λ₁N₁‖W‖², stage 2
+/// ‖y − v̂u‖² + λ₂N₂‖u‖²), whereas our losses are row means (stage 1 with a ½). The same decay on
+/// a mean loss is N times stronger relative to the data term (2500× at n = 5,000), enough to
+/// shrink the networks instead of fitting them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecayForm {
+    /// As DFIV/funcBO give it (for sum-form losses): the solver gets wd/(2N₁) for the inner
+    /// optimiser and wd/N₂ for the outer one — the same decay relative to the data term.
+    #[default]
+    Sum,
+    /// Used as given, on the mean-form losses.
+    Mean,
+}
+
+/// `opt` with its weight decay multiplied by `factor`.
+pub fn scale_weight_decay(opt: &OptimizerConfig, factor: f64) -> OptimizerConfig {
+    let mut o = opt.clone();
+    match &mut o {
+        OptimizerConfig::Sgd { weight_decay, .. } | OptimizerConfig::Adam { weight_decay, .. } => {
+            *weight_decay *= factor
+        }
+    }
+    o
+}
+
+/// The solver configuration a run uses with N₁ stage-1 and N₂ stage-2 rows: the weight decays
+/// converted as `weight_decay_form` says.
+pub fn effective_solver_config(
+    cfg: &IvConfig,
+    solver: &SolverConfig,
+    n1: usize,
+    n2: usize,
+) -> SolverConfig {
+    let mut s = solver.clone();
+    if cfg.weight_decay_form == DecayForm::Sum {
+        s.inner.optimizer = scale_weight_decay(&s.inner.optimizer, 1.0 / (2 * n1.max(1)) as f64);
+        s.outer_optimizer = scale_weight_decay(&s.outer_optimizer, 1.0 / n2.max(1) as f64);
+    }
+    s
 }
 
 fn default_outer() -> OptimizerConfig {
@@ -255,6 +332,63 @@ fn fmt_secs(s: f64) -> String {
     }
 }
 
+/// Training mean and standard deviation (population) of every column; sd 1 for a constant column.
+pub fn column_stats(m: &Matrix) -> Vec<(f64, f64)> {
+    let n = m.rows.max(1) as f64;
+    (0..m.cols)
+        .map(|j| {
+            let mean = (0..m.rows).map(|r| m.at(r, j)).sum::<f64>() / n;
+            let var = (0..m.rows)
+                .map(|r| (m.at(r, j) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            let sd = var.sqrt();
+            (mean, if sd > 0.0 { sd } else { 1.0 })
+        })
+        .collect()
+}
+
+fn apply_stats(m: &Matrix, stats: &[(f64, f64)]) -> Matrix {
+    let mut out = m.clone();
+    for r in 0..m.rows {
+        for (j, (mean, sd)) in stats.iter().enumerate() {
+            out.data[r * m.cols + j] = (m.at(r, j) - mean) / sd;
+        }
+    }
+    out
+}
+
+/// `ds` with treatment, instrument and outcome columns standardised by their training mean and
+/// sd (the test treatments with the training statistics; the test structural values untouched),
+/// and the outcome's (mean, sd) to map predictions back.
+pub fn standardize(ds: &IvDataset, which: Standardize) -> (IvDataset, (f64, f64)) {
+    let unit = |m: &Matrix| vec![(0.0, 1.0); m.cols];
+    let all = which == Standardize::All;
+    let t = if all {
+        column_stats(&ds.treatment)
+    } else {
+        unit(&ds.treatment)
+    };
+    let z = if which == Standardize::None {
+        unit(&ds.instrument)
+    } else {
+        column_stats(&ds.instrument)
+    };
+    let y = if all {
+        column_stats(&ds.outcome)[0]
+    } else {
+        (0.0, 1.0)
+    };
+    let out = IvDataset {
+        treatment: apply_stats(&ds.treatment, &t),
+        instrument: apply_stats(&ds.instrument, &z),
+        outcome: apply_stats(&ds.outcome, &[y]),
+        test_treatment: apply_stats(&ds.test_treatment, &t),
+        test_structural: ds.test_structural.clone(),
+    };
+    (out, y)
+}
+
 /// The solver, stage-1 and stage-2 batches for a deep run on `ds` (first half stage 1).
 pub fn setup(
     cfg: &IvConfig,
@@ -264,6 +398,7 @@ pub fn setup(
 ) -> (Solver<IvProblem, Net>, Stage1, Stage2) {
     let n = ds.rows();
     let half = n / 2;
+    let solver_cfg = &effective_solver_config(cfg, solver_cfg, half, n - half);
     let tensor = |m: &Matrix| ctx.tensor2(m.data.clone(), m.rows, m.cols);
     let s1 = Stage1::new(
         tensor(&ds.instrument.slice_rows(0, half)),
@@ -282,18 +417,24 @@ pub fn setup(
         w.push(net.features);
         w
     };
-    let tnet = Net::new(
-        widths(ds.treatment.cols, &net.treatment_hidden),
-        Act::Tanh,
-        net.layer_norm,
-        net.spectral_norm,
-        None,
-    );
-    let inet = Net::new(
-        widths(ds.instrument.cols, &net.instrument_hidden),
+    let build = |input: usize, hidden: &[usize], act: Act, head: Option<usize>| {
+        if net.layer_norm && net.norm_layout == NormLayout::Funcbo {
+            Net::funcbo(widths(input, hidden), act, net.spectral_norm, head)
+        } else {
+            Net::new(
+                widths(input, hidden),
+                act,
+                net.layer_norm,
+                net.spectral_norm,
+                head,
+            )
+        }
+    };
+    let tnet = build(ds.treatment.cols, &net.treatment_hidden, Act::Tanh, None);
+    let inet = build(
+        ds.instrument.cols,
+        &net.instrument_hidden,
         Act::Relu,
-        net.layer_norm,
-        net.spectral_norm,
         Some(net.features),
     );
     let omega = tnet.init(ctx, &mut StdRng::seed_from_u64(cfg.seed.wrapping_add(1)));
@@ -356,7 +497,13 @@ pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
         return Err(UsageError::new(format!("{n} rows: deep IV needs at least 4")).into());
     }
     let ctx = Ctx::flex(cfg.precision);
-    let (mut solver, s1, s2) = setup(cfg, &solver_cfg, &ds, &ctx);
+    // Networks fit `fit_ds` (z-scores when `standardize`); predictions go back by y·sd + mean.
+    let (fit_ds, (y_mean, y_sd)) = if cfg.standardize == Standardize::None {
+        (ds.clone(), (0.0, 1.0))
+    } else {
+        standardize(&ds, cfg.standardize)
+    };
+    let (mut solver, s1, s2) = setup(cfg, &solver_cfg, &fit_ds, &ctx);
     let header = [
         "iteration",
         "outer_loss",
@@ -371,9 +518,12 @@ pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
     let evaluate = |solver: &Solver<IvProblem, Net>| -> (Vec<f64>, Option<f64>) {
         let v2 = solver.model.forward(&solver.theta.detached(), &s2.z).output;
         let u = solver.problem.stage2(&v2, &s2.y);
-        let pred = solver
+        let pred: Vec<f64> = solver
             .problem
-            .predict(&solver.omega, &u, &ds.test_treatment);
+            .predict(&solver.omega, &u, &fit_ds.test_treatment)
+            .into_iter()
+            .map(|p| p * y_sd + y_mean)
+            .collect();
         let m = mse(&pred, &ds.test_structural.data);
         (pred, m)
     };
@@ -487,4 +637,224 @@ pub fn cli(cfg: &IvConfig, out: &mut dyn Write) -> anyhow::Result<()> {
     let res = run(cfg, true)?;
     writeln!(out, "{}", serde_json::to_string(&res)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iv::problem::stage2_ridge;
+    use crate::iv::tsls::{chol_solve, cholesky};
+    use funcrl_bilevel::{BilevelProblem, Optimizer, Params, ctx::to_vec, inner::inner_objective};
+    use rand::RngExt;
+
+    fn random(ctx: &Ctx, rng: &mut StdRng, r: usize, c: usize) -> burn::tensor::Tensor<2> {
+        ctx.tensor2(
+            (0..r * c)
+                .map(|_| rng.random::<f64>() * 2.0 - 1.0)
+                .collect(),
+            r,
+            c,
+        )
+    }
+
+    fn sq(v: &[f64]) -> f64 {
+        v.iter().map(|x| x * x).sum()
+    }
+
+    /// The conversion factors are the ratios of DFIV/funcBO's sum-form losses to ours, computed
+    /// independently on the host: stage 1 ‖v − φ‖² + λ₁N₁‖[W; b]‖² = 2N₁·G, stage 2
+    /// ‖y − Ṽu‖² + λ₂N₂‖u‖² (u from the sum-form normal equations) = N₂·L_out. Hence an Adam step
+    /// on our loss with the converted decay equals the reference step (sum loss, decay as given).
+    #[test]
+    fn decay_conversion_matches_the_sum_form_losses() {
+        let ctx = Ctx::flex(Precision::F64);
+        let mut rng = StdRng::seed_from_u64(1);
+        let (n1, n2, dt, dz, feat) = (30, 20, 5, 3, 4);
+        let (t1, z1, z2) = (
+            random(&ctx, &mut rng, n1, dt),
+            random(&ctx, &mut rng, n1, dz),
+            random(&ctx, &mut rng, n2, dz),
+        );
+        let y2 = to_vec(&random(&ctx, &mut rng, n2, 1));
+        let tnet = Net::new(vec![dt, 6, feat], Act::Tanh, true, true, None);
+        let inet = Net::new(vec![dz, 6, 5], Act::Relu, true, true, Some(feat));
+        let omega = tnet.init(&ctx, &mut rng);
+        let theta = inet.init(&ctx, &mut rng);
+        tnet.refresh(&ctx, &omega);
+        inet.refresh(&ctx, &theta);
+        let (l1, l2) = (0.1, 0.1);
+        let phi = to_vec(&tnet.run(&omega, &t1).0);
+        let problem = IvProblem::new(ctx.clone(), tnet, l2);
+        let s1 = Stage1::new(z1.clone(), t1);
+        // Stage 1.
+        let g = to_vec(&inner_objective(
+            &problem, &inet, &omega, &theta, &z1, &s1, l1,
+        ))[0];
+        let v1 = to_vec(&inet.forward(&theta, &z1).output);
+        let k = theta.len();
+        let head = sq(&to_vec(&theta.0[k - 2])) + sq(&to_vec(&theta.0[k - 1]));
+        let resid: Vec<f64> = v1.iter().zip(&phi).map(|(a, b)| a - b).collect();
+        let g_sum = sq(&resid) + l1 * n1 as f64 * head;
+        assert!(
+            (g_sum - 2.0 * n1 as f64 * g).abs() < 1e-10 * g_sum,
+            "{g_sum} {g}"
+        );
+        // Stage 2: sum-form ridge solve (ṼᵀṼ + λ₂N₂I)u = Ṽᵀy on the host.
+        let v2 = inet.forward(&theta, &z2).output;
+        let vh = to_vec(&v2);
+        let q = feat + 1;
+        let aug = |r: usize, i: usize| if i < feat { vh[r * feat + i] } else { 1.0 };
+        let mut a = vec![0.0; q * q];
+        let mut u = vec![0.0; q];
+        for (r, yr) in y2.iter().enumerate() {
+            for i in 0..q {
+                u[i] += aug(r, i) * yr;
+                for j in 0..q {
+                    a[i * q + j] += aug(r, i) * aug(r, j);
+                }
+            }
+        }
+        for i in 0..q {
+            a[i * q + i] += l2 * n2 as f64;
+        }
+        chol_solve(&cholesky(&a, q).unwrap(), q, &mut u, 1);
+        let ours_u = stage2_ridge(&vh, n2, feat, &y2, l2).unwrap();
+        assert!(u.iter().zip(&ours_u).all(|(a, b)| (a - b).abs() < 1e-10));
+        let r2: Vec<f64> = (0..n2)
+            .map(|r| y2[r] - (0..q).map(|i| aug(r, i) * u[i]).sum::<f64>())
+            .collect();
+        let out_sum = sq(&r2) + l2 * n2 as f64 * sq(&u);
+        let s2 = Stage2 {
+            z: z2,
+            y: y2.clone(),
+            y_t: ctx.tensor2(y2, n2, 1),
+        };
+        let out = to_vec(&problem.outer_loss(&omega, v2, &s2))[0];
+        assert!((out_sum - n2 as f64 * out).abs() < 1e-10 * out_sum);
+
+        // The run's solver configuration carries exactly these factors.
+        let wd = 0.1;
+        let opt = OptimizerConfig::Adam {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-30,
+            weight_decay: wd,
+        };
+        let mut cfg: IvConfig = config::from_table(
+            "iterations = 1\n[data]\nkind = \"linear\"\nn = 10\nd_t = 1\nd_z = 1\n[method]\nmethod = \"dfiv\"\n"
+                .parse()
+                .unwrap(),
+            "test",
+        )
+        .unwrap();
+        let solver = SolverConfig {
+            inner: InnerConfig {
+                optimizer: opt.clone(),
+                ..InnerConfig::default()
+            },
+            method: MethodConfig::FuncidLinear { ridge: None },
+            outer_optimizer: opt.clone(),
+            seed: 0,
+        };
+        let decay = |o: &OptimizerConfig| match o {
+            OptimizerConfig::Adam { weight_decay, .. }
+            | OptimizerConfig::Sgd { weight_decay, .. } => *weight_decay,
+        };
+        let eff = effective_solver_config(&cfg, &solver, n1, n2);
+        assert_eq!(cfg.weight_decay_form, DecayForm::Sum);
+        assert!((decay(&eff.inner.optimizer) - wd / (2.0 * n1 as f64)).abs() < 1e-18);
+        assert!((decay(&eff.outer_optimizer) - wd / n2 as f64).abs() < 1e-18);
+        cfg.weight_decay_form = DecayForm::Mean;
+        let same = effective_solver_config(&cfg, &solver, n1, n2);
+        assert_eq!(same.inner.optimizer, opt);
+        assert_eq!(same.outer_optimizer, opt);
+
+        // Adam on our mean-form inner gradient with the converted decay = Adam on the sum-form
+        // gradient (2N₁× ours, by the identity above) with the decay as given.
+        let grads =
+            funcrl_bilevel::inner::inner_grad_theta(&problem, &inet, &omega, &theta, &z1, &s1, l1)
+                .0;
+        let mut ours = Optimizer::new(eff.inner.optimizer.clone());
+        let mut reference = Optimizer::new(opt);
+        let sum_grads = Params::new(
+            grads
+                .0
+                .iter()
+                .map(|t| t.clone().mul_scalar(2.0 * n1 as f64))
+                .collect(),
+        );
+        let (a1, b1) = (
+            ours.step(&theta, &grads),
+            reference.step(&theta, &sum_grads),
+        );
+        let (a2, b2) = (ours.step(&a1, &grads), reference.step(&b1, &sum_grads));
+        let (fa, fb) = (a2.to_flat(), b2.to_flat());
+        let worst = fa
+            .iter()
+            .zip(&fb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        // Adam is invariant to the loss scale once ε is negligible (ε = 1e-30 here).
+        assert!(worst < 1e-12, "{worst}");
+    }
+
+    #[test]
+    fn standardize_uses_training_statistics() {
+        let ds = generate::linear(300, 2, 3, 4).unwrap();
+        let (s, (my, sy)) = standardize(&ds, Standardize::All);
+        for m in [&s.treatment, &s.instrument, &s.outcome] {
+            for (mean, sd) in column_stats(m) {
+                assert!(mean.abs() < 1e-12 && (sd - 1.0).abs() < 1e-12);
+            }
+        }
+        let y = &ds.outcome.data;
+        let mean = y.iter().sum::<f64>() / 300.0;
+        let sd = (y.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 300.0).sqrt();
+        assert!((my - mean).abs() < 1e-12 && (sy - sd).abs() < 1e-12);
+        // Test treatments use the training statistics; the structural values stay in y units.
+        let t0: Vec<f64> = (0..300).map(|r| ds.treatment.at(r, 0)).collect();
+        let m0 = t0.iter().sum::<f64>() / 300.0;
+        let s0 = (t0.iter().map(|v| (v - m0).powi(2)).sum::<f64>() / 300.0).sqrt();
+        assert!((s.test_treatment.at(7, 0) - (ds.test_treatment.at(7, 0) - m0) / s0).abs() < 1e-12);
+        assert_eq!(s.test_structural, ds.test_structural);
+        // A constant column is centred, not divided by zero.
+        let c = column_stats(&Matrix::new(3, 1, vec![2.0; 3]));
+        assert_eq!(c, vec![(2.0, 1.0)]);
+    }
+
+    /// With `standardize`, the networks see the same z-scores whatever the outcome's units, and
+    /// predictions are mapped back: multiplying the outcome and f by 1000 (and shifting them)
+    /// multiplies the reported test MSE by exactly 10⁶.
+    #[test]
+    fn standardized_mse_is_on_the_outcome_scale() {
+        let dir = std::env::temp_dir().join(format!("funcrl-iv-std-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ds = generate::linear(80, 2, 3, 9).unwrap();
+        let mut big = ds.clone();
+        for v in big
+            .outcome
+            .data
+            .iter_mut()
+            .chain(big.test_structural.data.iter_mut())
+        {
+            *v = 1000.0 * *v + 5.0;
+        }
+        let mse_of = |d: &IvDataset, tag: &str| {
+            let path = dir.join(format!("{tag}.h5"));
+            d.save(&path).unwrap();
+            let text = format!(
+                "iterations = 3\nstandardize = \"all\"\nout = \"{}\"\n[data]\nkind = \"file\"\npath = \"{}\"\n\
+                 [network]\ntreatment_hidden = [6]\ninstrument_hidden = [6]\nfeatures = 3\n\
+                 [inner]\nsteps = 2\nridge = 0.1\n[method]\nmethod = \"dfiv\"\n",
+                dir.join("runs").display(),
+                path.display()
+            );
+            let cfg: IvConfig = config::from_table(text.parse().unwrap(), "test").unwrap();
+            run(&cfg, false).unwrap().test_mse.unwrap()
+        };
+        let (a, b) = (mse_of(&ds, "unit"), mse_of(&big, "big"));
+        assert!(a > 0.0 && (b / a / 1e6 - 1.0).abs() < 1e-6, "{a} {b}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
