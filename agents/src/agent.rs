@@ -325,6 +325,42 @@ pub struct AgentConfig {
     pub action_values: Option<Vec<f64>>,
 }
 
+/// The bilevel solver's hypergradient method behind the options that run on burn
+/// (`funcid` `mode = "network"`, `omd` `inverse = "cg"`); None for the host-kernel agents.
+pub fn solver_method(
+    learning: &ModelLearning,
+) -> Option<Box<dyn HypergradientMethod<RlProblem, DoubleQ>>> {
+    match learning {
+        ModelLearning::Omd {
+            inverse: OmdInverse::Cg,
+            cg_iterations,
+        } => Some(
+            MethodConfig::Aid {
+                solver: funcrl_bilevel::LinearSolver::Cg,
+                iterations: *cg_iterations,
+                damping: 0.0,
+                // A warm start would be state outside the checkpoint.
+                warm_start: false,
+                neumann_lr: 0.01,
+                fd_step: None,
+            }
+            .build(),
+        ),
+        ModelLearning::Funcid {
+            mode: FuncidMode::Network,
+            adjoint_steps,
+        } => Some(
+            MethodConfig::Funcid {
+                steps: *adjoint_steps,
+                optimizer: OptimizerConfig::adam(1e-3),
+                warm_start: false,
+            }
+            .build(),
+        ),
+        _ => None,
+    }
+}
+
 /// An agent: the soft double-Q, its Polyak target, the world model and their optimisers, all as
 /// flat host parameters (`Params::to_flat` order) updated by the [`dense`](crate::dense) kernels.
 /// The burn descriptions (`qnet`, `model`, `vep_net`) serve the solver-based hypergradients
@@ -444,35 +480,7 @@ impl Agent {
                 vec![],
             ),
         };
-        let method: Option<Box<dyn HypergradientMethod<RlProblem, DoubleQ>>> = match &cfg.learning {
-            ModelLearning::Omd {
-                inverse: OmdInverse::Cg,
-                cg_iterations,
-            } => Some(
-                MethodConfig::Aid {
-                    solver: funcrl_bilevel::LinearSolver::Cg,
-                    iterations: *cg_iterations,
-                    damping: 0.0,
-                    // A warm start would be state outside the checkpoint.
-                    warm_start: false,
-                    neumann_lr: 0.01,
-                    fd_step: None,
-                }
-                .build(),
-            ),
-            ModelLearning::Funcid {
-                mode: FuncidMode::Network,
-                adjoint_steps,
-            } => Some(
-                MethodConfig::Funcid {
-                    steps: *adjoint_steps,
-                    optimizer: OptimizerConfig::adam(1e-3),
-                    warm_start: false,
-                }
-                .build(),
-            ),
-            _ => None,
-        };
+        let method = solver_method(&cfg.learning);
         let q = q_like.to_flat();
         let omega = omega_like.to_flat();
         Self {
@@ -558,6 +566,19 @@ impl Agent {
         let k = self.qd.numel();
         self.qd.forward(&theta[..k], s, n, &mut tapes[0]);
         self.qd.forward(&theta[k..], s, n, &mut tapes[1]);
+    }
+
+    /// ∇_θ of a loss over [Q₁ | Q₂] given its output gradients, from the tapes of the last
+    /// forward at θ = `self.q`.
+    fn q_param_grad(&self, tapes: &[Tape; 2], dout: &[Vec<f64>; 2]) -> Vec<f64> {
+        let k = self.qd.numel();
+        let mut grad = vec![0.0; self.q.len()];
+        let (g1, g2) = grad.split_at_mut(k);
+        self.qd
+            .backward(&self.q[..k], &tapes[0], &dout[0], Some(g1), None);
+        self.qd
+            .backward(&self.q[k..], &tapes[1], &dout[1], Some(g2), None);
+        grad
     }
 
     /// r + γ·m·V̄(s') under the target network, per row.
@@ -660,14 +681,7 @@ impl Agent {
         self.q_forward(&self.q, &batch.obs, n, &mut tapes);
         let (q_loss, dq) = q_loss_grad(&tapes, &acts, &y_in, &w_in, na);
         let kq = self.qd.numel();
-        let mut grad = vec![0.0; self.q.len()];
-        {
-            let (g1, g2) = grad.split_at_mut(kq);
-            self.qd
-                .backward(&self.q[..kq], &tapes[0], &dq[0], Some(g1), None);
-            self.qd
-                .backward(&self.q[kq..], &tapes[1], &dq[1], Some(g2), None);
-        }
+        let grad = self.q_param_grad(&tapes, &dq);
         self.q_opt.step(&mut self.q, &grad);
         let tau = self.cfg.q.tau;
         for (t, q) in self.q_target.iter_mut().zip(&self.q) {
@@ -782,14 +796,7 @@ impl Agent {
                 // Identity inverse Hessian: −∂_ω⟨∇_θ L_in, u⟩ with u = ∇_θ L_out; ⟨∇_θ L_in, u⟩ =
                 // mean_b Σᵢ (Qᵢ − y_ω,b)·(J_θ Qᵢ(s_b, a_b)·u), so it weighs ∇_ω y_ω,b by
                 // Σᵢ (J_θ Qᵢ·u)_b / n (one JVP per network instead of finite differences).
-                let mut u = vec![0.0; self.q.len()];
-                {
-                    let (u1, u2) = u.split_at_mut(kq);
-                    self.qd
-                        .backward(&self.q[..kq], &tapes[0], &d_out[0], Some(u1), None);
-                    self.qd
-                        .backward(&self.q[kq..], &tapes[1], &d_out[1], Some(u2), None);
-                }
+                let u = self.q_param_grad(&tapes, &d_out);
                 let j1 = self.qd.jvp(&self.q[..kq], &u[..kq], &tapes[0]);
                 let j2 = self.qd.jvp(&self.q[kq..], &u[kq..], &tapes[1]);
                 let c: Vec<f64> = (0..n)

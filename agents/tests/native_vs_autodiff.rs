@@ -3,14 +3,14 @@
 //! from the same state and batches, every agent must land on the same Q, target and model.
 
 use burn::tensor::Tensor;
-use funcrl_agents::agent::{OuterData, RlProblem, q_loss_t};
+use funcrl_agents::agent::{OuterData, RlProblem, q_loss_t, solver_method};
 use funcrl_agents::{
     Agent, AgentConfig, Batch, FuncidMode, ModelConfig, ModelLearning, OmdInverse, QConfig,
     nets::Predict,
 };
 use funcrl_bilevel::{
-    BilevelProblem, HyperInput, InnerModel, LinearSolver, MethodConfig, Optimizer, OptimizerConfig,
-    Params, Precision,
+    BilevelProblem, HyperInput, InnerModel, MethodConfig, Optimizer, OptimizerConfig, Params,
+    Precision,
     ctx::{scalar, to_vec},
     methods::total_from_adjoint,
 };
@@ -29,37 +29,19 @@ struct Reference {
 
 impl Reference {
     fn new(agent: &Agent) -> Self {
+        // OMD identity runs on the host kernels, so the solver's (finite-difference) identity
+        // method is the reference; the burn-backed options use the agent's own method builder.
         let method = match &agent.cfg.learning {
             ModelLearning::Omd {
-                inverse,
-                cg_iterations,
-            } => Some(match inverse {
-                OmdInverse::Identity => MethodConfig::Identity {
+                inverse: OmdInverse::Identity,
+                ..
+            } => Some(
+                MethodConfig::Identity {
                     fd_step: Some(1e-8),
                 }
                 .build(),
-                OmdInverse::Cg => MethodConfig::Aid {
-                    solver: LinearSolver::Cg,
-                    iterations: *cg_iterations,
-                    damping: 0.0,
-                    warm_start: false,
-                    neumann_lr: 0.01,
-                    fd_step: None,
-                }
-                .build(),
-            }),
-            ModelLearning::Funcid {
-                mode: FuncidMode::Network,
-                adjoint_steps,
-            } => Some(
-                MethodConfig::Funcid {
-                    steps: *adjoint_steps,
-                    optimizer: OptimizerConfig::adam(1e-3),
-                    warm_start: false,
-                }
-                .build(),
             ),
-            _ => None,
+            other => solver_method(other),
         };
         Self {
             q: agent.q_params(&agent.q),
