@@ -337,4 +337,30 @@ fn iv_bench_writes_summary_and_figures() {
     ] {
         assert!(std::path::Path::new(&out).join(f).is_file(), "{f} missing");
     }
+    // A rerun reuses the finished runs: same table, no new run directory.
+    let count = || std::fs::read_dir(format!("{out}/runs")).unwrap().count();
+    let before = count();
+    assert_eq!(before, 4);
+    let again = funcrl(&args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(String::from_utf8_lossy(&again.stdout), table);
+    assert!(stderr(&again).contains("reused"), "{}", stderr(&again));
+    assert_eq!(count(), before);
+    // --collect with more seeds runs nothing and summarises the two finished seeds.
+    let seeds = args.iter().position(|a| *a == "--seeds").unwrap() + 1;
+    args[seeds] = "5";
+    args.push("--collect");
+    let collected = funcrl(&args);
+    assert!(collected.status.success(), "{}", stderr(&collected));
+    assert_eq!(String::from_utf8_lossy(&collected.stdout), table);
+    assert_eq!(count(), before);
+    // A different config (here one more iteration) is not a finished run of it.
+    args.extend(["--set", "iterations=3"]);
+    let none = funcrl(&args);
+    assert_eq!(none.status.code(), Some(2), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("no finished runs"),
+        "{}",
+        stderr(&none)
+    );
 }

@@ -25,8 +25,13 @@ pub struct IvBenchArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
     /// Output folder (summary.csv, summary.md, mse_boxes.png, outer_loss.png, run directories).
+    /// A finished run already there with the same resolved config is reused, not rerun, so a
+    /// bench can be extended (more seeds) or resumed after a kill.
     #[arg(long, default_value = "runs/iv-bench")]
     pub out: PathBuf,
+    /// Run nothing: summarise the finished runs in --out (methods may have different seed counts).
+    #[arg(long)]
+    pub collect: bool,
 }
 
 struct Group {
@@ -42,6 +47,26 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     (mean, plot::quantile(&s, 0.5), sd)
+}
+
+/// A finished run under `root` (its `result.json` exists) whose resolved config equals `cfg`.
+fn finished(root: &Path, cfg: &ivrun::IvConfig) -> Option<ivrun::IvResult> {
+    let want = toml::to_string_pretty(cfg).ok()?;
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .collect();
+    dirs.sort();
+    dirs.into_iter().find_map(|d| {
+        let config = std::fs::read_to_string(d.join("config.toml")).ok()?;
+        if config != want {
+            return None;
+        }
+        let text = std::fs::read_to_string(d.join("result.json")).ok()?;
+        let mut r: ivrun::IvResult = serde_json::from_str(&text).ok()?;
+        r.run_dir = d;
+        Some(r)
+    })
 }
 
 fn outer_losses(dir: &Path) -> Vec<f64> {
@@ -65,44 +90,54 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     } else {
         args.sizes.iter().copied().map(Some).collect()
     };
+    let runs_root = args.out.join("runs");
     let mut groups = Vec::new();
+    let mut bases = Vec::new();
     for cfg_path in &args.configs {
         for size in &sizes {
             let mut ov = args.overrides.clone();
             if let Some(n) = size {
                 ov.push(format!("data.n={n}"));
             }
-            let base = ivrun::load(
-                cfg_path,
-                &ov,
-                None,
-                None,
-                None,
-                Some(&args.out.join("runs")),
-            )?;
+            let base = ivrun::load(cfg_path, &ov, None, None, None, Some(&runs_root))?;
             let label = match size {
                 Some(n) => format!("{} n={n}", base.method_name()),
                 None => base.method_name(),
             };
-            let mut g = Group {
+            groups.push(Group {
                 label,
                 mse: vec![],
                 curves: vec![],
-            };
-            for seed in 0..args.seeds {
-                let mut cfg = base.clone();
-                cfg.seed = seed;
-                let r = ivrun::run(&cfg, false)?;
-                let m = r.test_mse.unwrap_or(f64::NAN);
-                eprintln!(
-                    "[iv-bench] {} seed {seed}: test_mse {m:.4} ({:.2}s/it)",
-                    g.label, r.seconds_per_iteration
-                );
-                g.mse.push(m);
-                g.curves.push(outer_losses(&r.run_dir));
-            }
-            groups.push(g);
+            });
+            bases.push(base);
         }
+    }
+    // Seed-major: a bench stopped early has about as many seeds of every method.
+    for seed in 0..args.seeds {
+        for (g, base) in groups.iter_mut().zip(&bases) {
+            let mut cfg = base.clone();
+            cfg.seed = seed;
+            let (r, how) = match finished(&runs_root, &cfg) {
+                Some(r) => (r, "reused"),
+                None if args.collect => continue,
+                None => (ivrun::run(&cfg, false)?, "ran"),
+            };
+            let m = r.test_mse.unwrap_or(f64::NAN);
+            eprintln!(
+                "[iv-bench] {} seed {seed}: test_mse {m:.4} ({:.2}s/it, {how})",
+                g.label, r.seconds_per_iteration
+            );
+            g.mse.push(m);
+            g.curves.push(outer_losses(&r.run_dir));
+        }
+    }
+    groups.retain(|g| !g.mse.is_empty());
+    if groups.is_empty() {
+        return Err(UsageError::new(format!(
+            "no finished runs of these configs in {}",
+            runs_root.display()
+        ))
+        .into());
     }
     let mut csv = String::from("method,runs,mean,median,std\n");
     let mut md = String::from(

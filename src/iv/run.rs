@@ -282,7 +282,7 @@ pub fn load(
 }
 
 /// What a run reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IvResult {
     pub method: String,
     pub seed: u64,

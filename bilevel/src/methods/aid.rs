@@ -3,7 +3,7 @@ use crate::{
     error::BilevelError,
     linalg::{conjugate_gradient, neumann},
     model::InnerModel,
-    param_hvp::second_order,
+    param_hvp::{cross, hvp},
     params::Params,
     problem::BilevelProblem,
 };
@@ -55,7 +55,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
         let (b, direct, outer_loss) =
             outer_param_grads(i.problem, i.model, i.omega, &theta, &x_out, i.outer);
         let hvp = |u: &Params| {
-            let h = second_order(
+            let h = hvp(
                 i.ctx,
                 i.problem,
                 i.model,
@@ -66,8 +66,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
                 i.inner,
                 i.inner_ridge,
                 self.fd_step,
-            )
-            .hvp;
+            );
             if self.damping != 0.0 {
                 h.axpy(self.damping, u)
             } else {
@@ -85,7 +84,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
             }
             AidSolver::Neumann { iterations, lr } => neumann(hvp, &b, lr, iterations),
         };
-        let cross = second_order(
+        let cross = cross(
             i.ctx,
             i.problem,
             i.model,
@@ -94,10 +93,8 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
             &q,
             &x_in,
             i.inner,
-            i.inner_ridge,
             self.fd_step,
-        )
-        .cross;
+        );
         self.previous = Some(q.detached());
         Ok(Hypergradient {
             grad: direct.sub(&cross).detached(),

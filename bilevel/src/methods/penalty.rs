@@ -1,6 +1,6 @@
 use super::{HyperInput, Hypergradient, HypergradientMethod, outer_param_grads};
 use crate::{
-    error::BilevelError, inner::inner_grad_theta, model::InnerModel, param_hvp::second_order,
+    error::BilevelError, inner::inner_grad_theta, model::InnerModel, param_hvp::cross,
     problem::BilevelProblem,
 };
 
@@ -31,7 +31,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Penalty {
             i.inner,
             i.inner_ridge,
         );
-        let cross = second_order(
+        let cross = cross(
             i.ctx,
             i.problem,
             i.model,
@@ -40,10 +40,8 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Penalty {
             &g,
             &x_in,
             i.inner,
-            i.inner_ridge,
             self.fd_step,
-        )
-        .cross;
+        );
         Ok(Hypergradient {
             grad: direct.axpy(2.0 * self.lambda, &cross).detached(),
             outer_loss,
