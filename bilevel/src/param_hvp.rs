@@ -20,7 +20,11 @@
 use burn::tensor::Tensor;
 
 use crate::{
-    ctx::Ctx, inner::inner_grad_theta, model::InnerModel, params::Params, problem::BilevelProblem,
+    ctx::Ctx,
+    inner::inner_grad_theta,
+    model::InnerModel,
+    params::Params,
+    problem::{BilevelProblem, cross_vjp},
 };
 
 /// The two products of G = inner objective along u.
@@ -94,18 +98,26 @@ pub fn cross<P: BilevelProblem, M: InnerModel>(
     batch: &P::InnerBatch,
     rel_step: Option<f64>,
 ) -> Params {
-    let Some(eps) = fd_step(ctx, rel_step, theta, u) else {
+    let Some(pair) = cross_pair(ctx, model, theta, u, x, rel_step) else {
         return omega.zeros_like();
     };
+    cross_vjp(problem, omega, &[pair], batch)
+}
+
+/// The pair (v(θ), J_θv·u) whose [`cross_vjp`] is H_ωθ u; `None` when u = 0. ITD sums several
+/// such pairs in one [`cross_vjp`].
+pub fn cross_pair<M: InnerModel>(
+    ctx: &Ctx,
+    model: &M,
+    theta: &Params,
+    u: &Params,
+    x: &Tensor<2>,
+    rel_step: Option<f64>,
+) -> Option<(Tensor<2>, Tensor<2>)> {
+    let eps = fd_step(ctx, rel_step, theta, u)?;
     let out = |t: &Params| model.forward(&t.detached(), x).output.detach();
     let jvp = (out(&theta.axpy(eps, u)) - out(&theta.axpy(-eps, u))).mul_scalar(1.0 / (2.0 * eps));
-    let v = out(theta);
-    let n = v.dims()[0] as f64;
-    let om = omega.tracked();
-    let pairing = (problem.inner_grad_v(&om, v, batch) * jvp)
-        .sum()
-        .mul_scalar(1.0 / n);
-    om.grads(&pairing.backward()).detached()
+    Some((out(theta), jvp))
 }
 
 /// Both products along `u` (ITD's reverse step needs the two).

@@ -45,6 +45,20 @@ pub trait BilevelProblem {
         None
     }
 
+    /// ∂_ω Σ_i mean_b ⟨∂_v ℓ_in(ω, v_i,b), a_i,b⟩ — the ω-side of every cross term (functional
+    /// adjoint, AID/penalty mixed products, ITD's reverse pass) — for a problem that computes it
+    /// faster than one backward through [`inner_grad_v`](Self::inner_grad_v) per pair, e.g. by
+    /// reusing a forward of ω's network it already made. `None` (default): the generic backward,
+    /// [`cross_vjp`].
+    fn inner_cross_vjp(
+        &self,
+        _omega: &Params,
+        _pairs: &[(Tensor<2>, Tensor<2>)],
+        _batch: &Self::InnerBatch,
+    ) -> Option<Params> {
+        None
+    }
+
     /// The exact total gradient ∇F(ω), where the problem has one (the `closed_form` method).
     fn closed_form_total_gradient(
         &self,
@@ -55,6 +69,31 @@ pub trait BilevelProblem {
     ) -> Option<Params> {
         None
     }
+}
+
+/// ∂_ω Σ_i mean_b ⟨∂_v ℓ_in(ω, v_i,b), a_i,b⟩ with every v_i and a_i held fixed: the problem's
+/// [`BilevelProblem::inner_cross_vjp`] where it has one, else one backward with ω tracked.
+pub fn cross_vjp<P: BilevelProblem>(
+    problem: &P,
+    omega: &Params,
+    pairs: &[(Tensor<2>, Tensor<2>)],
+    batch: &P::InnerBatch,
+) -> Params {
+    if let Some(g) = problem.inner_cross_vjp(omega, pairs, batch) {
+        return g.detached();
+    }
+    let om = omega.tracked();
+    let total = pairs
+        .iter()
+        .map(|(v, a)| {
+            let n = v.dims()[0] as f64;
+            (problem.inner_grad_v(&om, v.clone().detach(), batch) * a.clone().detach())
+                .sum()
+                .mul_scalar(1.0 / n)
+        })
+        .reduce(|x, y| x + y)
+        .expect("at least one pair");
+    om.grads(&total.backward()).detached()
 }
 
 /// ∂²_v ℓ_in(ω, v_b) · a_b for every row b: the closed-form diagonal when the problem provides

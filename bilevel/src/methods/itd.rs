@@ -1,13 +1,17 @@
 use super::{HyperInput, Hypergradient, HypergradientMethod, outer_param_grads};
 use crate::{
-    error::BilevelError, inner::inner_grad_theta, model::InnerModel, param_hvp::second_order,
-    problem::BilevelProblem,
+    error::BilevelError,
+    inner::inner_grad_theta,
+    model::InnerModel,
+    param_hvp::{cross_pair, hvp},
+    problem::{BilevelProblem, cross_vjp},
 };
 
 /// Iterative differentiation through `unroll` plain gradient steps θ_{t+1} = θ_t − η ∇_θ G(ω, θ_t)
 /// taken from the current θ (they are inner steps too: θ moves). Reverse mode:
 /// λ ← ∇_θ L_out(θ_k); for t = k−1..0: g_ω −= η H_ωθ(θ_t) λ; λ ← λ − η H_θθ(θ_t) λ.
-/// Each backward step is one finite-difference pair (see `param_hvp`). Unrolled steps are plain
+/// Each backward step is one finite-difference pair in θ (see `param_hvp`); the mixed products
+/// of all steps share one backward in ω. Unrolled steps are plain
 /// gradient steps whatever the inner optimiser is, so that the reverse pass is exact.
 pub struct Itd {
     pub unroll: usize,
@@ -40,8 +44,15 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Itd {
         }
         let (mut lambda, mut grad, outer_loss) =
             outer_param_grads(i.problem, i.model, i.omega, &theta, &x_out, i.outer);
+        // The ω-sides of the mixed products −η H_ωθ(θ_t) λ_t are summed in one cross_vjp.
+        let mut pairs = Vec::with_capacity(self.unroll);
         for theta_t in trajectory.iter().rev() {
-            let so = second_order(
+            if let Some((v, jvp)) =
+                cross_pair(i.ctx, i.model, theta_t, &lambda, &x_in, self.fd_step)
+            {
+                pairs.push((v, jvp.mul_scalar(-self.lr)));
+            }
+            let h = hvp(
                 i.ctx,
                 i.problem,
                 i.model,
@@ -53,8 +64,12 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Itd {
                 i.inner_ridge,
                 self.fd_step,
             );
-            grad = grad.axpy(-self.lr, &so.cross).detached();
-            lambda = lambda.axpy(-self.lr, &so.hvp).detached();
+            lambda = lambda.axpy(-self.lr, &h).detached();
+        }
+        if !pairs.is_empty() {
+            grad = grad
+                .add(&cross_vjp(i.problem, i.omega, &pairs, i.inner))
+                .detached();
         }
         *i.theta = theta;
         Ok(Hypergradient {

@@ -246,6 +246,17 @@ pub fn total_from_adjoint<P: BilevelProblem>(
     inner: &P::InnerBatch,
     outer: &P::OuterBatch,
 ) -> Params {
+    let pair = [(v_in.clone().detach(), a_in.clone().detach())];
+    if let Some(cross) = problem.inner_cross_vjp(omega, &pair, inner) {
+        // The problem's own cross term; the direct term is then a backward of L_out alone.
+        let om = omega.tracked();
+        let loss = problem.outer_loss(&om, v_out.clone().detach(), outer);
+        if !loss.is_require_grad() {
+            // L_out does not involve ω directly (deep IV): no backward at all.
+            return cross;
+        }
+        return om.grads(&loss.backward()).add(&cross).detached();
+    }
     let om = omega.tracked();
     let n = v_in.dims()[0] as f64;
     let direct = problem.outer_loss(&om, v_out.clone().detach(), outer);
