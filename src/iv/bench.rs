@@ -113,14 +113,30 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     // Seed-major: a bench stopped early has about as many seeds of every method.
+    let total = args.seeds as usize * groups.len();
+    let (mut done, mut ran, started) = (0usize, 0usize, std::time::Instant::now());
     for seed in 0..args.seeds {
         for (g, base) in groups.iter_mut().zip(&bases) {
             let mut cfg = base.clone();
             cfg.seed = seed;
+            done += 1;
             let (r, how) = match finished(&runs_root, &cfg) {
                 Some(r) => (r, "reused"),
                 None if args.collect => continue,
-                None => (ivrun::run(&cfg, false)?, "ran"),
+                None => {
+                    let eta = if ran > 0 {
+                        let per = started.elapsed().as_secs_f64() / ran as f64;
+                        format!(", ETA {:.0} min", per * (total - done + 1) as f64 / 60.0)
+                    } else {
+                        String::new()
+                    };
+                    eprintln!(
+                        "[iv-bench] run {done}/{total}: {} seed {seed}{eta}",
+                        g.label
+                    );
+                    ran += 1;
+                    (ivrun::run(&cfg, false)?, "ran")
+                }
             };
             let m = r.test_mse.unwrap_or(f64::NAN);
             eprintln!(
