@@ -354,6 +354,23 @@ fn iv_bench_writes_summary_and_figures() {
     assert!(collected.status.success(), "{}", stderr(&collected));
     assert_eq!(String::from_utf8_lossy(&collected.stdout), table);
     assert_eq!(count(), before);
+    // --first-seed 1 of --seeds 2: seed 1 only; --first-seed at or past --seeds is a usage error.
+    let mut one = args.clone();
+    one[seeds] = "2";
+    one.extend(["--first-seed", "1"]);
+    let o1 = funcrl(&one);
+    assert!(o1.status.success(), "{}", stderr(&o1));
+    let t1 = String::from_utf8_lossy(&o1.stdout);
+    assert!(t1.contains("| dfiv n=40 | 1 |"), "{t1}");
+    let n = one.len();
+    one[n - 1] = "2";
+    let bad = funcrl(&one);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("above --first-seed (got --seeds 2 --first-seed 2)"),
+        "{}",
+        stderr(&bad)
+    );
     // A different config (here one more iteration) is not a finished run of it.
     args.extend(["--set", "iterations=3"]);
     let none = funcrl(&args);

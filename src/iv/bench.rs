@@ -18,6 +18,9 @@ pub struct IvBenchArgs {
     /// Number of seeds (0..N).
     #[arg(long, default_value_t = 10)]
     pub seeds: u64,
+    /// Start at this seed (seeds first-seed..N), e.g. to split one bench across processes.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
     /// Sample sizes (data.n), comma-separated; default: each config's.
     #[arg(long, value_delimiter = ',', num_args = 1)]
     pub sizes: Vec<usize>,
@@ -81,8 +84,12 @@ fn outer_losses(dir: &Path) -> Vec<f64> {
 }
 
 pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    if args.seeds == 0 {
-        return Err(UsageError::new("--seeds must be at least 1").into());
+    if args.seeds == 0 || args.first_seed >= args.seeds {
+        return Err(UsageError::new(format!(
+            "--seeds must be at least 1 and above --first-seed (got --seeds {} --first-seed {})",
+            args.seeds, args.first_seed
+        ))
+        .into());
     }
     std::fs::create_dir_all(&args.out)?;
     let sizes: Vec<Option<usize>> = if args.sizes.is_empty() {
@@ -113,9 +120,9 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     // Seed-major: a bench stopped early has about as many seeds of every method.
-    let total = args.seeds as usize * groups.len();
+    let total = (args.seeds - args.first_seed) as usize * groups.len();
     let (mut done, mut ran, started) = (0usize, 0usize, std::time::Instant::now());
-    for seed in 0..args.seeds {
+    for seed in args.first_seed..args.seeds {
         for (g, base) in groups.iter_mut().zip(&bases) {
             let mut cfg = base.clone();
             cfg.seed = seed;
