@@ -27,14 +27,6 @@ use crate::{
     problem::{BilevelProblem, cross_vjp},
 };
 
-/// The two products of G = inner objective along u.
-pub struct SecondOrder {
-    /// H_θθ u
-    pub hvp: Params,
-    /// H_ωθ u = ∂_ω ⟨∇_θ G, u⟩
-    pub cross: Params,
-}
-
 /// Relative finite-difference step; `None` picks cbrt(machine epsilon).
 pub fn fd_step(ctx: &Ctx, rel: Option<f64>, theta: &Params, u: &Params) -> Option<f64> {
     let u_norm = u.norm();
@@ -45,7 +37,6 @@ pub fn fd_step(ctx: &Ctx, rel: Option<f64>, theta: &Params, u: &Params) -> Optio
     Some(rel * (1.0 + theta.norm()) / u_norm)
 }
 
-/// Both products along u by one central difference (two backwards).
 /// H_θθ u: central difference of ∇_θ G at θ ± εu with ω held constant, so nothing is
 /// differentiated through ω's side of the problem (for IV, the 4096→1024 treatment network).
 #[allow(clippy::too_many_arguments)]
@@ -120,28 +111,6 @@ pub fn cross_pair<M: InnerModel>(
     Some((out(theta), jvp))
 }
 
-/// Both products along `u` (ITD's reverse step needs the two).
-#[allow(clippy::too_many_arguments)]
-pub fn second_order<P: BilevelProblem, M: InnerModel>(
-    ctx: &Ctx,
-    problem: &P,
-    model: &M,
-    omega: &Params,
-    theta: &Params,
-    u: &Params,
-    x: &Tensor<2>,
-    batch: &P::InnerBatch,
-    ridge: f64,
-    rel_step: Option<f64>,
-) -> SecondOrder {
-    SecondOrder {
-        hvp: hvp(
-            ctx, problem, model, omega, theta, u, x, batch, ridge, rel_step,
-        ),
-        cross: cross(ctx, problem, model, omega, theta, u, x, batch, rel_step),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +120,36 @@ mod tests {
         toy::{LqDims, LqOracle, generate},
     };
     use rand::{SeedableRng, rngs::StdRng};
+
+    /// The two products of G = inner objective along u.
+    struct SecondOrder {
+        /// H_θθ u
+        hvp: Params,
+        /// H_ωθ u = ∂_ω ⟨∇_θ G, u⟩
+        cross: Params,
+    }
+
+    /// Both products along `u`, checked together below.
+    #[allow(clippy::too_many_arguments)]
+    fn second_order<P: BilevelProblem, M: InnerModel>(
+        ctx: &Ctx,
+        problem: &P,
+        model: &M,
+        omega: &Params,
+        theta: &Params,
+        u: &Params,
+        x: &Tensor<2>,
+        batch: &P::InnerBatch,
+        ridge: f64,
+        rel_step: Option<f64>,
+    ) -> SecondOrder {
+        SecondOrder {
+            hvp: hvp(
+                ctx, problem, model, omega, theta, u, x, batch, ridge, rel_step,
+            ),
+            cross: cross(ctx, problem, model, omega, theta, u, x, batch, rel_step),
+        }
+    }
 
     const DIMS: LqDims = LqDims {
         d_z: 3,

@@ -237,6 +237,24 @@ impl BilevelProblem for IvProblem {
     }
 }
 
+/// A `[r, c]` tensor of U(−1, 1) values (tests).
+#[cfg(test)]
+pub(crate) fn random_tensor(
+    ctx: &Ctx,
+    rng: &mut rand::rngs::StdRng,
+    r: usize,
+    c: usize,
+) -> Tensor<2> {
+    use rand::RngExt;
+    ctx.tensor2(
+        (0..r * c)
+            .map(|_| rng.random::<f64>() * 2.0 - 1.0)
+            .collect(),
+        r,
+        c,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,15 +334,7 @@ mod tests {
         let ctx = Ctx::flex(Precision::F64);
         let mut rng = StdRng::seed_from_u64(9);
         let (n, dt, feat) = (25, 7, 4);
-        let mut m = |r: usize, c: usize| -> Tensor<2> {
-            ctx.tensor2(
-                (0..r * c)
-                    .map(|_| rng.random::<f64>() * 2.0 - 1.0)
-                    .collect(),
-                r,
-                c,
-            )
-        };
+        let mut m = |r: usize, c: usize| random_tensor(&ctx, &mut rng, r, c);
         let b = Stage1::new(m(n, 2), m(n, dt));
         let pairs: Vec<_> = (0..3).map(|_| (m(n, feat), m(n, feat))).collect();
         let tnet = Net::funcbo(vec![dt, 9, 6, feat], Act::Tanh, true, None);
@@ -355,15 +365,7 @@ mod tests {
         let ctx = Ctx::flex(Precision::F64);
         let mut rng = StdRng::seed_from_u64(5);
         let (n1, n2, dt, dz, feat) = (30, 20, 6, 3, 4);
-        let mut m = |r: usize, c: usize| -> Tensor<2> {
-            ctx.tensor2(
-                (0..r * c)
-                    .map(|_| rng.random::<f64>() * 2.0 - 1.0)
-                    .collect(),
-                r,
-                c,
-            )
-        };
+        let mut m = |r: usize, c: usize| random_tensor(&ctx, &mut rng, r, c);
         let (t1, z1, z2) = (m(n1, dt), m(n1, dz), m(n2, dz));
         let y2: Vec<f64> = to_vec(&m(n2, 1));
         let methods = [
@@ -454,15 +456,7 @@ mod tests {
         let ctx = Ctx::flex(Precision::F64);
         let mut rng = StdRng::seed_from_u64(3);
         let (n1, n2, dt, dz, feat) = (40, 30, 6, 3, 4);
-        let mut m = |r: usize, c: usize| -> Tensor<2> {
-            ctx.tensor2(
-                (0..r * c)
-                    .map(|_| rng.random::<f64>() * 2.0 - 1.0)
-                    .collect(),
-                r,
-                c,
-            )
-        };
+        let mut m = |r: usize, c: usize| random_tensor(&ctx, &mut rng, r, c);
         let (t1, z1, z2) = (m(n1, dt), m(n1, dz), m(n2, dz));
         let y2: Vec<f64> = to_vec(&m(n2, 1));
         let tnet = Net::new(vec![dt, 8, feat], Act::Tanh, true, true, None);

@@ -645,17 +645,8 @@ mod tests {
     use crate::iv::problem::stage2_ridge;
     use crate::iv::tsls::{chol_solve, cholesky};
     use funcrl_bilevel::{BilevelProblem, Optimizer, Params, ctx::to_vec, inner::inner_objective};
-    use rand::RngExt;
 
-    fn random(ctx: &Ctx, rng: &mut StdRng, r: usize, c: usize) -> burn::tensor::Tensor<2> {
-        ctx.tensor2(
-            (0..r * c)
-                .map(|_| rng.random::<f64>() * 2.0 - 1.0)
-                .collect(),
-            r,
-            c,
-        )
-    }
+    use crate::iv::problem::random_tensor as random;
 
     fn sq(v: &[f64]) -> f64 {
         v.iter().map(|x| x * x).sum()
