@@ -1,6 +1,6 @@
 //! dSprites images: procedurally rendered hearts on the dSprites latent grid, or the official
-//! archive `dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz` when a user supplies it; and the
-//! `.npy` reader for the matrix A.
+//! archive `dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz` (or its `.hdf5` release) when a user
+//! supplies it; and the `.npy` reader for the matrix A.
 //!
 //! How close the rendering is: the official hearts are bitmaps from the dSprites authors whose
 //! exact outline, size per scale and margin per position are not published as formulas (and the
@@ -24,7 +24,8 @@ pub const PIXELS: usize = SIDE * SIDE;
 /// Where images come from.
 pub enum ImageSource {
     Procedural,
-    /// The official .npz (read lazily, streaming only the images asked for).
+    /// The official archive, `.npz` or `.hdf5` (told apart by their magic bytes), read lazily:
+    /// only the images asked for are kept.
     Archive(PathBuf),
 }
 
@@ -32,7 +33,7 @@ impl ImageSource {
     pub fn archive(path: &Path) -> Result<Self, UsageError> {
         if !path.is_file() {
             return Err(UsageError::new(format!(
-                "dSprites archive {} does not exist (dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz)",
+                "dSprites archive {} does not exist (dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz or .hdf5)",
                 path.display()
             )));
         }
@@ -155,37 +156,135 @@ pub fn load_matrix(path: &Path) -> Result<Matrix, UsageError> {
     Ok(Matrix::new(h.shape[0], h.shape[1], data))
 }
 
-/// Streams `imgs.npy` out of the official archive, keeping only the requested images.
+/// Images from the official archive at the requested latents. Where the archive carries the latent
+/// classes (`latents_classes` in the .npz, `latents/classes` in the .hdf5), each image's row is
+/// checked against the dSprites order, so a reordered or foreign file is refused, not misread.
 fn read_archive(path: &Path, latents: &[[usize; 4]]) -> Result<Vec<Vec<f64>>, UsageError> {
     let what = path.display().to_string();
-    let err = |e: &dyn std::fmt::Display| UsageError::new(format!("{what}: {e}"));
-    let file = std::fs::File::open(path).map_err(|e| err(&e))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| err(&e))?;
-    let mut imgs = zip.by_name("imgs.npy").map_err(|e| err(&e))?;
-    let h = parse_npy_header(&mut imgs, &what)?;
-    if h.descr != "|u1" || h.shape != [737_280, 64, 64] {
-        return Err(UsageError::new(format!(
-            "{what}: imgs.npy is {} {:?}, expected uint8 (737280, 64, 64)",
-            h.descr, h.shape
-        )));
-    }
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| UsageError::new(format!("{what}: {e}")))?;
+    // Sorted (archive index, request position): both formats are read front to back.
     let mut want: Vec<(usize, usize)> = latents
         .iter()
         .enumerate()
         .map(|(i, l)| (archive_index(*l), i))
         .collect();
     want.sort_unstable();
+    if magic.starts_with(b"PK") {
+        read_npz(path, &what, latents, &want)
+    } else if &magic == b"\x89HDF\r\n\x1a\n" {
+        read_hdf5_archive(path, &what, latents, &want)
+    } else {
+        Err(UsageError::new(format!(
+            "{what}: neither a .npz (zip) nor an HDF5 file; expected the official \
+             dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz or .hdf5"
+        )))
+    }
+}
+
+const ARCHIVE_SHAPE: [usize; 3] = [737_280, 64, 64];
+
+fn wrong_shape(what: &str, found: &dyn std::fmt::Debug) -> UsageError {
+    UsageError::new(format!(
+        "{what}: imgs is {found:?}, expected uint8 {ARCHIVE_SHAPE:?} (the official dSprites archive)"
+    ))
+}
+
+/// Refuses an archive whose latent classes at `index` are not (color 0, heart 2, latents).
+fn check_classes(what: &str, index: usize, row: &[i64], l: [usize; 4]) -> Result<(), UsageError> {
+    let want = [0, 2, l[0] as i64, l[1] as i64, l[2] as i64, l[3] as i64];
+    if row != want {
+        return Err(UsageError::new(format!(
+            "{what}: image {index} has latent classes {row:?}, expected {want:?} (color, shape, \
+             scale, orientation, posX, posY; posY fastest): not the official dSprites order"
+        )));
+    }
+    Ok(())
+}
+
+fn read_npz(
+    path: &Path,
+    what: &str,
+    latents: &[[usize; 4]],
+    want: &[(usize, usize)],
+) -> Result<Vec<Vec<f64>>, UsageError> {
+    let err = |e: &dyn std::fmt::Display| UsageError::new(format!("{what}: {e}"));
+    let file = std::fs::File::open(path).map_err(|e| err(&e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| err(&e))?;
     let mut out = vec![Vec::new(); latents.len()];
-    let mut buf = vec![0u8; PIXELS];
-    let mut at = 0usize;
-    let mut k = 0;
-    while k < want.len() {
-        imgs.read_exact(&mut buf).map_err(|e| err(&e))?;
-        while k < want.len() && want[k].0 == at {
-            out[want[k].1] = buf.iter().map(|&b| b as f64).collect();
-            k += 1;
+    {
+        let mut imgs = zip.by_name("imgs.npy").map_err(|e| err(&e))?;
+        let h = parse_npy_header(&mut imgs, what)?;
+        if h.descr != "|u1" || h.shape != ARCHIVE_SHAPE || h.fortran {
+            return Err(wrong_shape(what, &(h.descr, h.shape)));
         }
-        at += 1;
+        let mut buf = vec![0u8; PIXELS];
+        let (mut at, mut k) = (0usize, 0);
+        while k < want.len() {
+            imgs.read_exact(&mut buf).map_err(|e| err(&e))?;
+            while k < want.len() && want[k].0 == at {
+                out[want[k].1] = buf.iter().map(|&b| b as f64).collect();
+                k += 1;
+            }
+            at += 1;
+        }
+    }
+    if let Ok(mut classes) = zip.by_name("latents_classes.npy") {
+        let h = parse_npy_header(&mut classes, what)?;
+        if h.descr != "<i8" || h.shape != [ARCHIVE_SHAPE[0], 6] || h.fortran {
+            return Err(err(&format!(
+                "latents_classes is {} {:?}, expected int64 [737280, 6]",
+                h.descr, h.shape
+            )));
+        }
+        let mut buf = [0u8; 48];
+        let (mut at, mut k) = (0usize, 0);
+        while k < want.len() {
+            classes.read_exact(&mut buf).map_err(|e| err(&e))?;
+            let row: Vec<i64> = buf
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            while k < want.len() && want[k].0 == at {
+                check_classes(what, at, &row, latents[want[k].1])?;
+                k += 1;
+            }
+            at += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn read_hdf5_archive(
+    path: &Path,
+    what: &str,
+    latents: &[[usize; 4]],
+    want: &[(usize, usize)],
+) -> Result<Vec<Vec<f64>>, UsageError> {
+    let err = |e: hdf5::Error| UsageError::new(format!("{what}: {e}"));
+    let file = hdf5::File::open(path).map_err(err)?;
+    let imgs = file
+        .dataset("imgs")
+        .map_err(|e| UsageError::new(format!("{what}: no dataset `imgs` ({e})")))?;
+    if imgs.shape() != ARCHIVE_SHAPE {
+        return Err(wrong_shape(what, &imgs.shape()));
+    }
+    let classes = file.dataset("latents/classes").ok();
+    let mut out = vec![Vec::new(); latents.len()];
+    // One image per read: the chunk cache serves neighbours, memory stays at one image.
+    for (k, &(index, pos)) in want.iter().enumerate() {
+        if k > 0 && want[k - 1].0 == index {
+            out[pos] = out[want[k - 1].1].clone();
+            continue;
+        }
+        let img = imgs.read_slice_2d::<u8, _>((index, .., ..)).map_err(err)?;
+        out[pos] = img.iter().map(|&b| b as f64).collect();
+        if let Some(c) = &classes {
+            let row = c.read_slice_1d::<i64, _>((index, ..)).map_err(err)?;
+            check_classes(what, index, &row.to_vec(), latents[pos])?;
+        }
     }
     Ok(out)
 }
@@ -233,5 +332,176 @@ mod tests {
         assert!((c1 - c0 - 36.0).abs() < 1.0 && (r1 - r0).abs() < 1e-9);
         assert_eq!(archive_index([0, 0, 0, 0]), 491_520);
         assert_eq!(archive_index([5, 39, 31, 31]), 737_279);
+    }
+
+    fn mock(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/dsprites")
+            .join(name)
+    }
+
+    /// The answer key that make_archive_mock.py stored beside its mock archive: latents, their
+    /// index by numpy's ravel_multi_index over the documented order, and the images there.
+    struct Key {
+        latents: Vec<[usize; 4]>,
+        index: Vec<usize>,
+        images: Vec<Vec<f64>>,
+    }
+
+    fn answer_key() -> Key {
+        let f = hdf5::File::open(mock("dsprites_mock.hdf5")).unwrap();
+        let lat = f
+            .dataset("fixture/latents")
+            .unwrap()
+            .read_raw::<i64>()
+            .unwrap();
+        let index = f
+            .dataset("fixture/index")
+            .unwrap()
+            .read_raw::<i64>()
+            .unwrap();
+        let images = f
+            .dataset("fixture/images")
+            .unwrap()
+            .read_raw::<u8>()
+            .unwrap();
+        Key {
+            latents: lat
+                .chunks_exact(4)
+                .map(|c| [c[0], c[1], c[2], c[3]].map(|v| v as usize))
+                .collect(),
+            index: index.iter().map(|&i| i as usize).collect(),
+            images: images
+                .chunks_exact(PIXELS)
+                .map(|c| c.iter().map(|&b| b as f64).collect())
+                .collect(),
+        }
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("funcrl-dsprites-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(name)
+    }
+
+    #[test]
+    fn hdf5_archive_images_come_from_the_documented_index() {
+        let key = answer_key();
+        for (l, &i) in key.latents.iter().zip(&key.index) {
+            assert_eq!(archive_index(*l), i, "{l:?}");
+        }
+        let mut src = ImageSource::archive(&mock("dsprites_mock.hdf5")).unwrap();
+        let got = src.images(&key.latents).unwrap();
+        assert_eq!(got.len(), key.images.len());
+        for (k, (g, w)) in got.iter().zip(&key.images).enumerate() {
+            assert!(g == w, "image {k} at latents {:?} differs", key.latents[k]);
+        }
+    }
+
+    #[test]
+    fn archive_with_wrong_latent_classes_or_shape_is_refused() {
+        let key = answer_key();
+        let mut bad = ImageSource::archive(&mock("dsprites_mock_bad_classes.hdf5")).unwrap();
+        let e = bad.images(&key.latents).unwrap_err().to_string();
+        assert!(e.contains("not the official dSprites order"), "{e}");
+        assert!(e.contains(&key.index[2].to_string()), "{e}");
+
+        let small = tmp("small.hdf5");
+        {
+            let f = hdf5::File::create(&small).unwrap();
+            f.new_dataset::<u8>()
+                .shape([10, 64, 64])
+                .create("imgs")
+                .unwrap();
+        }
+        let e = ImageSource::archive(&small)
+            .unwrap()
+            .images(&key.latents)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected uint8 [737280, 64, 64]"), "{e}");
+
+        let text = tmp("not_an_archive.npz");
+        std::fs::write(&text, "posX,posY\n1,2\n").unwrap();
+        let e = ImageSource::archive(&text)
+            .unwrap()
+            .images(&key.latents)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("neither a .npz (zip) nor an HDF5 file"), "{e}");
+        assert!(ImageSource::archive(&tmp("missing.npz")).is_err());
+    }
+
+    /// A full-shape `.npz` as numpy writes it (zip of `.npy` entries, deflated), holding the answer
+    /// key's images at the indices numpy computed and zeros elsewhere; latents_classes by the
+    /// documented mixed radix. The loader streams it and returns the same images.
+    #[test]
+    fn npz_archive_streams_the_images_at_the_documented_index() {
+        use std::io::Write;
+        let key = answer_key();
+        let path = tmp("dsprites_mock.npz");
+        {
+            let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+            let opts = zip::write::FileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated)
+                .compression_level(Some(1))
+                .large_file(true);
+            let npy = |descr: &str, shape: &str| {
+                let dict =
+                    format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+                let mut h = dict.into_bytes();
+                while (10 + h.len() + 1) % 64 != 0 {
+                    h.push(b' ');
+                }
+                h.push(b'\n');
+                let mut out = b"\x93NUMPY\x01\x00".to_vec();
+                out.extend((h.len() as u16).to_le_bytes());
+                out.extend(h);
+                out
+            };
+            zip.start_file("imgs.npy", opts).unwrap();
+            zip.write_all(&npy("|u1", "(737280, 64, 64)")).unwrap();
+            let mut at: Vec<(usize, usize)> =
+                key.index.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+            at.sort_unstable();
+            at.dedup_by_key(|p| p.0);
+            let zeros = vec![0u8; 4096 * PIXELS];
+            let mut next = 0usize;
+            for (i, k) in at.iter().copied().chain([(737_280, usize::MAX)]) {
+                while next < i {
+                    let n = (i - next).min(4096);
+                    zip.write_all(&zeros[..n * PIXELS]).unwrap();
+                    next += n;
+                }
+                if k != usize::MAX {
+                    let img: Vec<u8> = key.images[k].iter().map(|&v| v as u8).collect();
+                    zip.write_all(&img).unwrap();
+                    next += 1;
+                }
+            }
+            zip.start_file("latents_classes.npy", opts).unwrap();
+            zip.write_all(&npy("<i8", "(737280, 6)")).unwrap();
+            let mut rows = Vec::with_capacity(737_280 * 48);
+            for i in 0..737_280usize {
+                let (mut r, mut row) = (i, [0i64; 6]);
+                for (d, size) in [32, 32, 40, 6, 3, 1].into_iter().enumerate() {
+                    row[5 - d] = (r % size) as i64;
+                    r /= size;
+                }
+                for v in row {
+                    rows.extend(v.to_le_bytes());
+                }
+            }
+            zip.write_all(&rows).unwrap();
+            zip.finish().unwrap();
+        }
+        let got = ImageSource::archive(&path)
+            .unwrap()
+            .images(&key.latents)
+            .unwrap();
+        std::fs::remove_file(&path).ok();
+        for (k, (g, w)) in got.iter().zip(&key.images).enumerate() {
+            assert!(g == w, "image {k} at latents {:?} differs", key.latents[k]);
+        }
     }
 }

@@ -315,7 +315,8 @@ pub fn dsprites(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DataConfig {
-    /// dSprites IV; `archive` = path to the official dsprites_ndarray_…_64x64.npz (else procedural hearts).
+    /// dSprites IV; `archive` = path to the official dsprites_ndarray_…_64x64.npz or .hdf5 (else
+    /// procedural hearts).
     Dsprites {
         n: usize,
         #[serde(default = "default_matrix")]
