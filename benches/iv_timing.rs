@@ -67,13 +67,13 @@ fn main() -> anyhow::Result<()> {
         let (mut total, mut inner, mut hyper, mut phi) = (vec![], vec![], vec![], vec![]);
         // Whole outer iterations, as `funcrl iv` runs them.
         for _ in 0..iters {
-            solver.problem.net.refresh(&ctx, &solver.omega);
+            solver.problem.refresh(&ctx, &solver.omega);
             solver.model.refresh(&ctx, &solver.theta);
             total.push(solver.step(&s1, &s2)?.seconds);
         }
         // Then the parts, at the reached ω (not timed as a whole: the pieces share caches).
         for _ in 0..iters {
-            solver.problem.net.refresh(&ctx, &solver.omega);
+            solver.problem.refresh(&ctx, &solver.omega);
             solver.model.refresh(&ctx, &solver.theta);
             let t0 = Instant::now();
             solver.solve_inner(&s1)?;

@@ -55,8 +55,18 @@ fn parse_value(raw: &str) -> toml::Value {
 
 /// Deserializes a TOML table into `T`, turning serde's message into one that names the source.
 pub fn from_table<T: DeserializeOwned>(table: toml::Table, source: &str) -> Result<T, UsageError> {
-    T::deserialize(table)
-        .map_err(|e| UsageError::new(format!("invalid config {source}: {}", e.message())))
+    serde_path_to_error::deserialize(table).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        UsageError::new(format!(
+            "invalid config {source}: {at}{}",
+            e.into_inner().message()
+        ))
+    })
 }
 
 /// Reads `path`, applies the overrides in order, and deserializes.

@@ -253,6 +253,62 @@ fn demand_linear_and_rerun_on_saved_data() {
     );
 }
 
+/// DFIV's demand model (covariate net on (t, s), stage 2 on [φ̂, 1] ⊗ [χ, 1]) runs with every
+/// deep method; impossible network settings are usage errors naming the field.
+#[test]
+fn demand_covariate_model_runs_and_checks_its_settings() {
+    let cfg = "configs/iv/demand_dfiv_covariate.toml";
+    for (m, options) in [
+        ("dfiv", ""),
+        ("funcid", ", steps=3"),
+        ("funcid_linear", ""),
+        ("aid", ", iterations=2"),
+        ("itd", ", unroll=2, lr=1e-3"),
+        ("penalty", ", lambda=0.1"),
+    ] {
+        let method = format!("method={{method=\"{m}\"{options}}}");
+        let r = tiny(
+            cfg,
+            &[
+                "--set",
+                "data.n=200",
+                "--set",
+                "network.features=1",
+                "--set",
+                &method,
+            ],
+            &format!("cov-{m}"),
+        );
+        assert!(r["test_mse"].as_f64().unwrap().is_finite(), "{m}: {r}");
+    }
+    for (set, msg) in [
+        (
+            "network.covariate.columns=3",
+            "network.covariate.columns = 3",
+        ),
+        ("network.layer_norm=true", "network.layer_norm = false"),
+        (
+            "network.treatment_activation=\"softplus\"",
+            "treatment_activation",
+        ),
+    ] {
+        let args = [
+            "iv",
+            "--config",
+            cfg,
+            "--set",
+            "data.n=40",
+            "--set",
+            "iterations=1",
+            "--set",
+            set,
+        ];
+        let o = funcrl(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(msg), "{args:?}: {}", stderr(&o));
+    }
+}
+
 /// Bring-your-own CSV through the config (columns named by keys), and config mistakes exit 2.
 #[test]
 fn byo_csv_and_config_errors() {

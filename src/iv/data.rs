@@ -89,6 +89,19 @@ impl Matrix {
             self.data[lo * self.cols..hi * self.cols].to_vec(),
         )
     }
+    /// (columns `..k`, columns `k..`): the inverse of [`hcat`](Self::hcat).
+    pub fn split_cols(&self, k: usize) -> (Matrix, Matrix) {
+        assert!(k <= self.cols);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for r in 0..self.rows {
+            a.extend_from_slice(&self.row(r)[..k]);
+            b.extend_from_slice(&self.row(r)[k..]);
+        }
+        (
+            Matrix::new(self.rows, k, a),
+            Matrix::new(self.rows, self.cols - k, b),
+        )
+    }
     /// [self, other] side by side.
     pub fn hcat(&self, other: &Matrix) -> Matrix {
         assert_eq!(self.rows, other.rows);

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 pub enum Act {
     Relu,
     Tanh,
+    /// No activation (DFIV's demand treatment net ends with a plain linear layer).
+    Identity,
 }
 
 /// One linear layer's post-processing.
@@ -77,7 +79,7 @@ impl Net {
             .map(|l| {
                 let last = l == k - 1;
                 let hidden_norm = match final_act {
-                    Act::Tanh => l == 1,
+                    Act::Tanh | Act::Identity => l == 1,
                     Act::Relu => l >= 1,
                 };
                 Layer {
@@ -212,6 +214,7 @@ impl Net {
             h = match layer.act {
                 Act::Relu => activation::relu(h),
                 Act::Tanh => h.tanh(),
+                Act::Identity => h,
             };
             if layer.layer_norm && layer.norm_after_act {
                 h = norm(h);

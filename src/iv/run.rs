@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use funcrl_bilevel::{
-    Ctx, InnerConfig, InnerModel, MethodConfig, OptimizerConfig, Precision, Solver, SolverConfig,
+    Ctx, InnerConfig, InnerModel, MethodConfig, OptimizerConfig, Params, Precision, Solver,
+    SolverConfig,
 };
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,7 @@ use crate::config::{self, UsageError};
 use crate::iv::data::{Matrix, Table, write_hdf5};
 use crate::iv::generate::{self, DataConfig, IvDataset};
 use crate::iv::nets::{Act, Net};
-use crate::iv::problem::{IvProblem, Stage1, Stage2};
+use crate::iv::problem::{Covariate, IvProblem, Stage1, Stage2};
 use crate::iv::tsls;
 use crate::rundir::{CsvLog, RunDir};
 
@@ -63,6 +64,29 @@ pub struct NetworkConfig {
     /// "pre_activation" (between the linear map and the activation of every layer but the first).
     #[serde(default)]
     pub norm_layout: NormLayout,
+    /// The treatment net's last activation: "tanh" (SPEC §2, the default), "relu" or "identity".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub treatment_activation: Option<Act>,
+    /// Width of the instrument net's last layer, before the linear head to `features`
+    /// (default: `features`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instrument_features: Option<usize>,
+    /// DFIV's demand model: a covariate net on the last treatment columns (see
+    /// [`CovariateConfig`]). Unset: every treatment column goes into the treatment net.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covariate: Option<CovariateConfig>,
+}
+
+/// `[network.covariate]`: the last `columns` treatment columns are exogenous covariates x
+/// (demand: t and s). A covariate net χ (`columns` → `hidden` → `features`, ReLU) takes them,
+/// the treatment net the rest, and stage 2 regresses y on [v, 1] ⊗ [χ(x), 1] (DFIV's demand
+/// model). χ's parameters are part of ω and trained by the outer optimiser on L_out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CovariateConfig {
+    pub columns: usize,
+    pub hidden: Vec<usize>,
+    pub features: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -82,8 +106,51 @@ impl Default for NetworkConfig {
             spectral_norm: true,
             layer_norm: true,
             norm_layout: NormLayout::Funcbo,
+            treatment_activation: None,
+            instrument_features: None,
+            covariate: None,
         }
     }
+}
+
+/// Network settings that only the data can rule out, as errors naming the field.
+pub fn check_network(net: &NetworkConfig, ds: &IvDataset) -> Result<(), UsageError> {
+    let zero = |field: &str, w: &[usize]| {
+        if w.contains(&0) {
+            Err(UsageError::new(format!(
+                "network.{field} = {w:?}: widths must be ≥ 1"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    zero("features", &[net.features])?;
+    zero("treatment_hidden", &net.treatment_hidden)?;
+    zero("instrument_hidden", &net.instrument_hidden)?;
+    zero(
+        "instrument_features",
+        &net.instrument_features.into_iter().collect::<Vec<_>>(),
+    )?;
+    if net.layer_norm && net.features == 1 {
+        return Err(UsageError::new(
+            "network.features = 1 with network.layer_norm = true: LayerNorm over one feature is \
+             a constant; set network.layer_norm = false",
+        ));
+    }
+    if let Some(c) = &net.covariate {
+        zero("covariate.hidden", &c.hidden)?;
+        zero("covariate.features", &[c.features])?;
+        if c.columns == 0 || c.columns >= ds.treatment.cols {
+            return Err(UsageError::new(format!(
+                "network.covariate.columns = {}: must be 1..{} (the data has {} treatment \
+                 columns; the last `columns` are the covariates, at least one stays a treatment)",
+                c.columns,
+                ds.treatment.cols.saturating_sub(1),
+                ds.treatment.cols
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A deep IV run (configs/iv/*.toml).
@@ -400,29 +467,34 @@ pub fn setup(
     let half = n / 2;
     let solver_cfg = &effective_solver_config(cfg, solver_cfg, half, n - half);
     let tensor = |m: &Matrix| ctx.tensor2(m.data.clone(), m.rows, m.cols);
+    let net = &cfg.network;
+    // Treatment columns, then the covariates (DFIV's demand model) when there is a covariate net.
+    let d_cov = net.covariate.as_ref().map_or(0, |c| c.columns);
+    let d_t = ds.treatment.cols - d_cov;
+    let (treat, cov) = ds.treatment.split_cols(d_t);
     let s1 = Stage1::new(
         tensor(&ds.instrument.slice_rows(0, half)),
-        tensor(&ds.treatment.slice_rows(0, half)),
+        tensor(&treat.slice_rows(0, half)),
     );
     let y2 = ds.outcome.data[half..].to_vec();
     let s2 = Stage2 {
         z: tensor(&ds.instrument.slice_rows(half, n)),
         y_t: ctx.tensor2(y2.clone(), n - half, 1),
         y: y2,
+        x: (d_cov > 0).then(|| tensor(&cov.slice_rows(half, n))),
     };
-    let net = &cfg.network;
-    let widths = |input: usize, hidden: &[usize]| {
+    let widths = |input: usize, hidden: &[usize], out: usize| {
         let mut w = vec![input];
         w.extend(hidden);
-        w.push(net.features);
+        w.push(out);
         w
     };
-    let build = |input: usize, hidden: &[usize], act: Act, head: Option<usize>| {
+    let build = |input: usize, hidden: &[usize], out: usize, act: Act, head: Option<usize>| {
         if net.layer_norm && net.norm_layout == NormLayout::Funcbo {
-            Net::funcbo(widths(input, hidden), act, net.spectral_norm, head)
+            Net::funcbo(widths(input, hidden, out), act, net.spectral_norm, head)
         } else {
             Net::new(
-                widths(input, hidden),
+                widths(input, hidden, out),
                 act,
                 net.layer_norm,
                 net.spectral_norm,
@@ -430,16 +502,32 @@ pub fn setup(
             )
         }
     };
-    let tnet = build(ds.treatment.cols, &net.treatment_hidden, Act::Tanh, None);
+    let tnet = build(
+        d_t,
+        &net.treatment_hidden,
+        net.features,
+        net.treatment_activation.unwrap_or(Act::Tanh),
+        None,
+    );
     let inet = build(
         ds.instrument.cols,
         &net.instrument_hidden,
+        net.instrument_features.unwrap_or(net.features),
         Act::Relu,
         Some(net.features),
     );
-    let omega = tnet.init(ctx, &mut StdRng::seed_from_u64(cfg.seed.wrapping_add(1)));
+    let mut omega = tnet.init(ctx, &mut StdRng::seed_from_u64(cfg.seed.wrapping_add(1)));
     tnet.refresh(ctx, &omega);
-    let problem = IvProblem::new(ctx.clone(), tnet, cfg.stage2_ridge);
+    let covariate = net.covariate.as_ref().map(|c| {
+        let cnet = build(c.columns, &c.hidden, c.features, Act::Relu, None);
+        let split = omega.len();
+        let chi = cnet.init(ctx, &mut StdRng::seed_from_u64(cfg.seed.wrapping_add(2)));
+        cnet.refresh(ctx, &chi);
+        omega = Params::new(omega.0.iter().chain(&chi.0).cloned().collect());
+        Covariate { net: cnet, split }
+    });
+    let mut problem = IvProblem::new(ctx.clone(), tnet, cfg.stage2_ridge);
+    problem.covariate = covariate;
     let solver = Solver::new(ctx.clone(), problem, inet, omega, solver_cfg);
     solver.model.refresh(ctx, &solver.theta);
     (solver, s1, s2)
@@ -503,6 +591,7 @@ pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
     } else {
         standardize(&ds, cfg.standardize)
     };
+    check_network(&cfg.network, &fit_ds)?;
     let (mut solver, s1, s2) = setup(cfg, &solver_cfg, &fit_ds, &ctx);
     let header = [
         "iteration",
@@ -517,7 +606,9 @@ pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
     let mut curves: Vec<f64> = Vec::new();
     let evaluate = |solver: &Solver<IvProblem, Net>| -> (Vec<f64>, Option<f64>) {
         let v2 = solver.model.forward(&solver.theta.detached(), &s2.z).output;
-        let u = solver.problem.stage2(&v2, &s2.y);
+        let u = solver
+            .problem
+            .stage2_weights(&solver.omega.detached(), &v2, &s2);
         let pred: Vec<f64> = solver
             .problem
             .predict(&solver.omega, &u, &fit_ds.test_treatment)
@@ -531,7 +622,7 @@ pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
     let mut last_mse = None;
     let mut total = 0.0;
     for it in 0..cfg.iterations {
-        solver.problem.net.refresh(&ctx, &solver.omega);
+        solver.problem.refresh(&ctx, &solver.omega);
         solver.model.refresh(&ctx, &solver.theta);
         let log = solver.step(&s1, &s2)?;
         total += log.seconds;
@@ -719,6 +810,7 @@ mod tests {
             z: z2,
             y: y2.clone(),
             y_t: ctx.tensor2(y2, n2, 1),
+            x: None,
         };
         let out = to_vec(&problem.outer_loss(&omega, v2, &s2))[0];
         assert!((out_sum - n2 as f64 * out).abs() < 1e-10 * out_sum);

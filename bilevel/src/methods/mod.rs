@@ -251,8 +251,9 @@ pub fn total_from_adjoint<P: BilevelProblem>(
         // The problem's own cross term; the direct term is then a backward of L_out alone.
         let om = omega.tracked();
         let loss = problem.outer_loss(&om, v_out.clone().detach(), outer);
-        if !loss.is_require_grad() {
-            // L_out does not involve ω directly (deep IV): no backward at all.
+        // `is_tracked`, not `is_require_grad`: the latter is true only for leaves.
+        if !loss.is_tracked() {
+            // L_out does not involve ω directly (deep IV without covariates): no backward at all.
             return cross;
         }
         return om.grads(&loss.backward()).add(&cross).detached();
