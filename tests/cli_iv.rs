@@ -281,6 +281,30 @@ fn demand_covariate_model_runs_and_checks_its_settings() {
         );
         assert!(r["test_mse"].as_f64().unwrap().is_finite(), "{m}: {r}");
     }
+    // Two configs of one method in a bench are told apart by their file names.
+    let out = out_dir("cov-bench");
+    let mut args = vec![
+        "iv-bench",
+        "--configs",
+        "configs/iv/demand_dfiv.toml,configs/iv/demand_dfiv_covariate.toml",
+        "--seeds",
+        "1",
+        "--sizes",
+        "100",
+        "--out",
+        &out,
+        "--set",
+        "iterations=1",
+    ];
+    args.extend(["--set", "network.instrument_hidden=[8]"]);
+    let o = funcrl(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("| demand_dfiv n=100 | 1 |")
+            && table.contains("| demand_dfiv_covariate n=100 | 1 |"),
+        "{table}"
+    );
     for (set, msg) in [
         (
             "network.covariate.columns=3",

@@ -100,7 +100,19 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let runs_root = args.out.join("runs");
     let mut groups = Vec::new();
     let mut bases = Vec::new();
-    for cfg_path in &args.configs {
+    let loaded = args
+        .configs
+        .iter()
+        .map(|p| ivrun::load(p, &args.overrides, None, None, None, Some(&runs_root)))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (cfg_path, first) in args.configs.iter().zip(&loaded) {
+        // Labelled by method, or by the config's file name where two configs share a method.
+        let method = first.method_name();
+        let shared = loaded.iter().filter(|c| c.method_name() == method).count() > 1;
+        let name = match cfg_path.file_stem() {
+            Some(stem) if shared => stem.to_string_lossy().to_string(),
+            _ => method,
+        };
         for size in &sizes {
             let mut ov = args.overrides.clone();
             if let Some(n) = size {
@@ -108,8 +120,8 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             }
             let base = ivrun::load(cfg_path, &ov, None, None, None, Some(&runs_root))?;
             let label = match size {
-                Some(n) => format!("{} n={n}", base.method_name()),
-                None => base.method_name(),
+                Some(n) => format!("{name} n={n}"),
+                None => name.clone(),
             };
             groups.push(Group {
                 label,
