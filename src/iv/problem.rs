@@ -364,6 +364,43 @@ mod tests {
 
     /// Host DFIV objective: stage 1 W = (Ψ̃₁ᵀΨ̃₁/N₁ + λ₁I)⁻¹Ψ̃₁ᵀφ_ω(t₁)/N₁, v₂ = Ψ̃₂W, then the
     /// stage-2 ridge loss — the two closed-form ridge solves DFIV differentiates through.
+    /// Host stage 1: W = (Ψ̃₁ᵀΨ̃₁/N₁ + λ₁I)⁻¹Ψ̃₁ᵀφ/N₁ and the stage-2 predictions v₂ = Ψ̃₂W
+    /// (row-major `[N₂, d_v]`).
+    fn host_stage1(phi: &[f64], psi1: &Matrix, psi2: &Matrix, l1: f64) -> Vec<f64> {
+        let (n1, q) = (psi1.rows, psi1.cols);
+        let dv = phi.len() / n1;
+        let mut a = crate::iv::tsls::at_b(psi1, psi1);
+        a.iter_mut().for_each(|x| *x /= n1 as f64);
+        for i in 0..q {
+            a[i * q + i] += l1;
+        }
+        let mut w = crate::iv::tsls::at_b(psi1, &Matrix::new(n1, dv, phi.to_vec()));
+        w.iter_mut().for_each(|x| *x /= n1 as f64);
+        chol_solve(&cholesky(&a, q).unwrap(), q, &mut w, dv);
+        let n2 = psi2.rows;
+        let mut v2 = vec![0.0; n2 * dv];
+        for r in 0..n2 {
+            for c in 0..dv {
+                v2[r * dv + c] = (0..q).map(|i| psi2.at(r, i) * w[i * dv + c]).sum();
+            }
+        }
+        v2
+    }
+
+    /// Instrument features ψ(z) with the augmenting 1, at the solver's θ (held fixed: DFIV's
+    /// ω-gradient does not move the instrument net).
+    fn augmented(solver: &Solver<IvProblem, Net>, z: &Tensor<2>) -> Matrix {
+        let f = to_vec(&solver.model.forward(&solver.theta, z).features);
+        let n = z.dims()[0];
+        let p = f.len() / n;
+        let mut d = Vec::new();
+        for r in 0..n {
+            d.extend_from_slice(&f[r * p..(r + 1) * p]);
+            d.push(1.0);
+        }
+        Matrix::new(n, p + 1, d)
+    }
+
     fn dfiv_objective(
         p: &IvProblem,
         omega: &Params,
@@ -374,23 +411,8 @@ mod tests {
         l1: f64,
     ) -> f64 {
         let phi = to_vec(&p.net.run(&omega.detached(), t1).0);
-        let (n1, q) = (psi1.rows, psi1.cols);
-        let dv = phi.len() / n1;
-        let mut a = crate::iv::tsls::at_b(psi1, psi1);
-        a.iter_mut().for_each(|x| *x /= n1 as f64);
-        for i in 0..q {
-            a[i * q + i] += l1;
-        }
-        let mut w = crate::iv::tsls::at_b(psi1, &Matrix::new(n1, dv, phi));
-        w.iter_mut().for_each(|x| *x /= n1 as f64);
-        chol_solve(&cholesky(&a, q).unwrap(), q, &mut w, dv);
-        let n2 = psi2.rows;
-        let mut v2 = vec![0.0; n2 * dv];
-        for r in 0..n2 {
-            for c in 0..dv {
-                v2[r * dv + c] = (0..q).map(|i| psi2.at(r, i) * w[i * dv + c]).sum();
-            }
-        }
+        let v2 = host_stage1(&phi, psi1, psi2, l1);
+        let (n2, dv) = (psi2.rows, phi.len() / psi1.rows);
         let u = stage2_ridge(&v2, n2, dv, y2, p.lambda2).unwrap();
         let mut loss = 0.0;
         for r in 0..n2 {
@@ -589,19 +611,7 @@ mod tests {
         };
         solver.solve_inner(&s1).unwrap();
         let g = solver.total_gradient(&s1, &s2).unwrap().grad;
-        // Features ψ with the augmenting 1 (fixed: DFIV's ω-gradient holds the instrument net).
-        let aug = |z: &Tensor<2>| {
-            let f = to_vec(&solver.model.forward(&solver.theta, z).features);
-            let n = z.dims()[0];
-            let p = f.len() / n;
-            let mut d = Vec::new();
-            for r in 0..n {
-                d.extend_from_slice(&f[r * p..(r + 1) * p]);
-                d.push(1.0);
-            }
-            Matrix::new(n, p + 1, d)
-        };
-        let (psi1, psi2) = (aug(&z1), aug(&z2));
+        let (psi1, psi2) = (augmented(&solver, &z1), augmented(&solver, &z2));
         let mut worst: f64 = 0.0;
         for k in 0..3 {
             let mut rd = StdRng::seed_from_u64(10 + k);
@@ -680,29 +690,11 @@ mod tests {
         };
         solver.solve_inner(&s1).unwrap();
         let g = solver.total_gradient(&s1, &s2).unwrap().grad;
-        let aug = |z: &Tensor<2>| {
-            let f = to_vec(&solver.model.forward(&solver.theta, z).features);
-            let n = z.dims()[0];
-            let p = f.len() / n;
-            let mut d = Vec::new();
-            for r in 0..n {
-                d.extend_from_slice(&f[r * p..(r + 1) * p]);
-                d.push(1.0);
-            }
-            Matrix::new(n, p + 1, d)
-        };
-        let (psi1, psi2) = (aug(&z1), aug(&z2));
+        let (psi1, psi2) = (augmented(&solver, &z1), augmented(&solver, &z2));
         let problem = &solver.problem;
         let objective = |om: &Params| -> f64 {
-            // Stage 1 on the host: W = (Ψ̃₁ᵀΨ̃₁/N₁ + λ₁I)⁻¹Ψ̃₁ᵀφ/N₁, v₂ = Ψ̃₂W.
             let phi = to_vec(&problem.net.run(&om.detached(), &t1).0);
-            let q = psi1.cols;
-            let mut a = crate::iv::tsls::at_b(&psi1, &psi1);
-            a.iter_mut().for_each(|x| *x /= n1 as f64);
-            (0..q).for_each(|i| a[i * q + i] += l1);
-            let mut w = crate::iv::tsls::at_b(&psi1, &Matrix::new(n1, feat, phi));
-            w.iter_mut().for_each(|x| *x /= n1 as f64);
-            chol_solve(&cholesky(&a, q).unwrap(), q, &mut w, feat);
+            let v2 = host_stage1(&phi, &psi1, &psi2, l1);
             let c = Params::new(om.detached().0[split..].to_vec());
             let chi = to_vec(&problem.covariate.as_ref().unwrap().net.run(&c, &x2).0);
             // Design row r: (v₂[r], 1) ⊗ (χ[r], 1), v-index major.
@@ -710,11 +702,7 @@ mod tests {
             let mut d = Vec::with_capacity(n2 * k);
             for r in 0..n2 {
                 for i in 0..=feat {
-                    let vi = if i < feat {
-                        (0..q).map(|j| psi2.at(r, j) * w[j * feat + i]).sum()
-                    } else {
-                        1.0
-                    };
+                    let vi = if i < feat { v2[r * feat + i] } else { 1.0 };
                     for j in 0..=cf {
                         d.push(vi * if j < cf { chi[r * cf + j] } else { 1.0 });
                     }
