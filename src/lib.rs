@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod iv;
+pub mod memory;
 pub mod rollout;
 pub mod train;
 

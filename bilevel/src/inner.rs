@@ -88,7 +88,8 @@ pub fn inner_grads<P: BilevelProblem, M: InnerModel>(
     (th.grads(&grads), om.grads(&grads))
 }
 
-/// ∇_θ G only (ω held constant).
+/// ∇_θ G only (ω held constant), through the model's [`InnerModel::grad_through`] where it has
+/// one.
 pub fn inner_grad_theta<P: BilevelProblem, M: InnerModel>(
     problem: &P,
     model: &M,
@@ -98,8 +99,29 @@ pub fn inner_grad_theta<P: BilevelProblem, M: InnerModel>(
     batch: &P::InnerBatch,
     ridge: f64,
 ) -> (Params, f64) {
+    let om = omega.detached();
+    // A model with its own gradient route: ∂L_in/∂v by a backward of L_in alone (v a leaf: one
+    // evaluation of the loss serves its value and its gradient), then the ridge on the head.
+    let mut value = 0.0;
+    let fused = model.grad_through(theta, x, &mut |v| {
+        let v = Params::new(vec![v]).tracked();
+        let loss = problem.inner_loss(&om, v.0[0].clone(), batch);
+        value = scalar(loss.clone().detach());
+        v.grads(&loss.backward()).0.remove(0)
+    });
+    if let Some(mut g) = fused {
+        if ridge != 0.0 {
+            let k = theta.len();
+            for j in [k - 2, k - 1] {
+                let p = theta.0[j].clone().detach();
+                value += 0.5 * ridge * scalar(p.clone().square().sum());
+                g.0[j] = g.0[j].clone() + p.mul_scalar(ridge);
+            }
+        }
+        return (g, value);
+    }
     let th = theta.tracked();
-    let loss = inner_objective(problem, model, &omega.detached(), &th, x, batch, ridge);
+    let loss = inner_objective(problem, model, &om, &th, x, batch, ridge);
     let value = scalar(loss.clone().detach());
     (th.grads(&loss.backward()), value)
 }

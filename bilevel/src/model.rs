@@ -21,6 +21,19 @@ pub trait InnerModel {
     fn forward(&self, theta: &Params, x: &Tensor<2>) -> Forward;
     /// d_v, the width of a prediction.
     fn output_dim(&self) -> usize;
+
+    /// ∇_θ Σ_b ⟨h_θ(x_b), g_b⟩ with g = `dv(h_θ(x))`, for a model with a faster route than burn's
+    /// backward (a fused host kernel): it makes its forward, hands the prediction to `dv` (which
+    /// returns ∂L/∂v, detached) and returns the parameter gradient, detached, in `θ`'s order.
+    /// `None` (default): the solver differentiates the forward with burn's autodiff.
+    fn grad_through(
+        &self,
+        _theta: &Params,
+        _x: &Tensor<2>,
+        _dv: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+    ) -> Option<Params> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

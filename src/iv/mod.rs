@@ -6,6 +6,7 @@ pub mod bench;
 pub mod data;
 pub mod dsprites;
 pub mod generate;
+mod kernel;
 pub mod nets;
 pub mod problem;
 pub mod run;

@@ -9,8 +9,10 @@
 
 use std::cell::RefCell;
 
-use burn::tensor::{Tensor, activation};
+use burn::tensor::{DType, Tensor, TensorData, activation};
 use funcrl_bilevel::{Ctx, Forward, InnerModel, Params, ctx::to_vec};
+
+use super::kernel::HostNet;
 use rand::{RngExt, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +42,9 @@ pub struct Net {
     pub spectral_norm: bool,
     /// Linear head appended after the last layer (the inner model's `[W, b]`), width `head`.
     pub head: Option<usize>,
+    /// Inner steps through the fused host kernel ([`super::kernel`]) where the tensors are f64;
+    /// `false`: burn's autodiff (the kernel's tests compare the two).
+    pub host_kernel: bool,
     u: RefCell<Vec<Option<Tensor<2>>>>,
 }
 
@@ -105,6 +110,7 @@ impl Net {
             layers,
             spectral_norm,
             head,
+            host_kernel: true,
         }
     }
 
@@ -255,6 +261,37 @@ impl InnerModel for Net {
     }
     fn output_dim(&self) -> usize {
         self.head.expect("the inner model has a head")
+    }
+
+    fn grad_through(
+        &self,
+        theta: &Params,
+        x: &Tensor<2>,
+        dv: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+    ) -> Option<Params> {
+        if !self.host_kernel || self.head.is_none() || x.dtype() != DType::F64 {
+            return None;
+        }
+        let host = |t: &Tensor<2>| to_vec(&t.clone().detach());
+        let params: Vec<Vec<f64>> = theta.0.iter().map(host).collect();
+        let u: Vec<Option<Vec<f64>>> = self
+            .u
+            .borrow()
+            .iter()
+            .map(|u| u.as_ref().map(host))
+            .collect();
+        let net = HostNet::new(self, &params, &u);
+        let n = x.dims()[0];
+        let tape = net.forward(&host(x), n);
+        let (device, dtype) = (x.device(), x.dtype());
+        let make = |values: Vec<f64>, r: usize, c: usize| {
+            Tensor::<2>::from_data(TensorData::new(values, [r, c]), (&device, dtype))
+        };
+        let g = host(&dv(make(tape.output.clone(), n, self.output_dim())));
+        let grads = net.backward(&tape, &g);
+        Some(Params::new(
+            grads.into_iter().map(|(v, r, c)| make(v, r, c)).collect(),
+        ))
     }
 }
 

@@ -478,9 +478,11 @@ mod tests {
 
     /// Reusing the inner solve's forward for the cross term changes no number: for every method,
     /// two outer steps (each with 3 inner steps run while the graph is held, and its total
-    /// gradient) give the same gradients and ω as fresh forwards.
+    /// gradient) give the same gradients and ω as fresh forwards. Likewise the instrument net's
+    /// fused host kernel (inner steps, FuncID's adjoint steps, AID/ITD/penalty Hessian products)
+    /// against burn's autodiff.
     #[test]
-    fn reused_forward_gives_the_same_steps_for_every_method() {
+    fn reused_forward_and_host_kernel_give_the_same_steps_for_every_method() {
         use funcrl_bilevel::OptimizerConfig;
         let ctx = Ctx::flex(Precision::F64);
         let mut rng = StdRng::seed_from_u64(5);
@@ -514,9 +516,10 @@ mod tests {
             },
         ];
         for method in methods {
-            let run = |reuse: bool| {
+            let run = |reuse: bool, kernel: bool| {
                 let tnet = Net::new(vec![dt, 8, feat], Act::Tanh, true, true, None);
-                let inet = Net::new(vec![dz, 8, 5], Act::Relu, true, true, Some(feat));
+                let mut inet = Net::new(vec![dz, 8, 5], Act::Relu, true, true, Some(feat));
+                inet.host_kernel = kernel;
                 let mut r2 = StdRng::seed_from_u64(4);
                 let omega = tnet.init(&ctx, &mut r2);
                 tnet.refresh(&ctx, &omega);
@@ -553,18 +556,36 @@ mod tests {
                 out.extend(solver.omega.to_flat());
                 out
             };
-            let (fresh, reused) = (run(false), run(true));
+            let fresh = run(false, false);
             let scale = fresh.iter().map(|x| x.abs()).fold(0.0, f64::max);
-            let worst = fresh
-                .iter()
-                .zip(&reused)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                worst <= 1e-12 * scale && scale > 0.0,
-                "{}: reused forward differs by {worst:e} (scale {scale:e})",
-                method.name()
+            assert!(scale > 0.0);
+            // AID/ITD/penalty take Hessian products by finite differences of ∇_θG (step ≈ 1e-8
+            // relative), which amplify the kernel's different rounding ≈ 1e8-fold.
+            let fd = matches!(
+                method,
+                MethodConfig::Aid { .. } | MethodConfig::Itd { .. } | MethodConfig::Penalty { .. }
             );
+            let kernel_bound = if fd { 1e-9 } else { 1e-12 };
+            for (what, other, bound) in [
+                ("reused forward", run(true, false), 1e-12),
+                ("host kernel", run(false, true), kernel_bound),
+            ] {
+                let worst = fresh
+                    .iter()
+                    .zip(&other)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                println!(
+                    "{}: {what} differs by {:.1e} relative",
+                    method.name(),
+                    worst / scale
+                );
+                assert!(
+                    worst <= bound * scale,
+                    "{}: {what} differs by {worst:e} (scale {scale:e})",
+                    method.name()
+                );
+            }
         }
     }
 
