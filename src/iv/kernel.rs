@@ -82,8 +82,9 @@ struct HostLayer {
 /// What one layer's forward keeps for the backward.
 struct LayerTape {
     input: Vec<f64>,
-    /// The activation's output (its derivative is a function of it).
-    act_out: Vec<f64>,
+    /// The activation's output (its derivative is a function of it) where LayerNorm follows it;
+    /// otherwise it is the layer's output, kept once as the next layer's input (or the features).
+    act_out: Option<Vec<f64>>,
     /// LayerNorm's normalised values and per-row 1/√(var + ε).
     xhat: Vec<f64>,
     inv: Vec<f64>,
@@ -244,13 +245,13 @@ impl<'a> HostNet<'a> {
                 }
             }
             z.iter_mut().for_each(|y| *y = act(spec.act, *y));
-            let act_out = if spec.layer_norm && spec.norm_after_act {
-                let a = z.clone();
-                let (gain, bias) = layer.norm.as_ref().expect("norm");
-                layer_norm(&mut z, o, gain, bias, &mut xhat, &mut inv);
-                a
-            } else {
-                z.clone()
+            let act_out = match (&layer.norm, spec.norm_after_act) {
+                (Some((gain, bias)), true) => {
+                    let a = z.clone();
+                    layer_norm(&mut z, o, gain, bias, &mut xhat, &mut inv);
+                    Some(a)
+                }
+                _ => None,
             };
             tapes.push(LayerTape {
                 input: std::mem::replace(&mut h, z),
@@ -314,24 +315,27 @@ impl<'a> HostNet<'a> {
         for (l, (layer, spec)) in self.layers.iter().zip(&self.net.layers).enumerate().rev() {
             let (i, o) = (layer.i, layer.o);
             let t = &tape.layers[l];
-            let mut norm_grads = None;
-            if let Some((gain, _)) = &layer.norm {
-                let (mut dg, mut db) = (vec![0.0; o], vec![0.0; o]);
-                if spec.norm_after_act {
-                    layer_norm_back(&mut grad, o, gain, &t.xhat, &t.inv, &mut dg, &mut db);
+            let act_out = t
+                .act_out
+                .as_deref()
+                .unwrap_or(match tape.layers.get(l + 1) {
+                    Some(next) => &next.input,
+                    None => &tape.features,
+                });
+            let mut norm_grads = layer.norm.as_ref().map(|_| (vec![0.0; o], vec![0.0; o]));
+            // LayerNorm's backward where it sits: after the activation (first) or before (last).
+            let mut norm_back = |grad: &mut [f64], after: bool| {
+                if let (Some((gain, _)), Some((dg, db))) = (&layer.norm, norm_grads.as_mut())
+                    && spec.norm_after_act == after
+                {
+                    layer_norm_back(grad, o, gain, &t.xhat, &t.inv, dg, db);
                 }
-                grad.iter_mut()
-                    .zip(&t.act_out)
-                    .for_each(|(g, y)| *g *= act_grad(spec.act, *y));
-                if !spec.norm_after_act {
-                    layer_norm_back(&mut grad, o, gain, &t.xhat, &t.inv, &mut dg, &mut db);
-                }
-                norm_grads = Some((dg, db));
-            } else {
-                grad.iter_mut()
-                    .zip(&t.act_out)
-                    .for_each(|(g, y)| *g *= act_grad(spec.act, *y));
-            }
+            };
+            norm_back(&mut grad, true);
+            grad.iter_mut()
+                .zip(act_out)
+                .for_each(|(g, y)| *g *= act_grad(spec.act, *y));
+            norm_back(&mut grad, false);
             let db = col_sums(&grad, o);
             let mut dw = vec![0.0; i * o];
             gemm(i, n, o, &t.input, true, &grad, false, &mut dw);

@@ -282,12 +282,16 @@ impl InnerModel for Net {
             .collect();
         let net = HostNet::new(self, &params, &u);
         let n = x.dims()[0];
-        let tape = net.forward(&host(x), n);
+        let mut tape = net.forward(&host(x), n);
         let (device, dtype) = (x.device(), x.dtype());
         let make = |values: Vec<f64>, r: usize, c: usize| {
             Tensor::<2>::from_data(TensorData::new(values, [r, c]), (&device, dtype))
         };
-        let g = host(&dv(make(tape.output.clone(), n, self.output_dim())));
+        let g = host(&dv(make(
+            std::mem::take(&mut tape.output),
+            n,
+            self.output_dim(),
+        )));
         let grads = net.backward(&tape, &g);
         Some(Params::new(
             grads.into_iter().map(|(v, r, c)| make(v, r, c)).collect(),
