@@ -41,6 +41,16 @@ funcrl rollout --config configs/rollout/cartpole_random.toml --set episodes=3"
     Rollout(RolloutArgs),
     /// List the registered environments with their spaces, time limits and reward thresholds.
     Envs,
+    /// List the shipped configs, or print one. Every command's --config takes a shipped config's
+    /// name (`cartpole_funcid`, `iv/dsprites_dfiv`) where no file of that name exists.
+    #[command(
+        after_help = "Examples:\n  funcrl configs\n  funcrl configs cartpole_funcid > my_funcid.toml\n  \
+funcrl train --config cartpole_funcid --set total_steps=20000"
+    )]
+    Configs {
+        /// A shipped config to print (name, kind/name, or configs/kind/name.toml).
+        name: Option<String>,
+    },
     /// Instrumental-variable regression: linear 2SLS on your data, or a deep IV run (DFIV, FuncID,
     /// FuncID-linear, AID, ITD, penalty) from a config, writing a run directory.
     #[command(
@@ -198,11 +208,9 @@ pub fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS; // `funcrl ... | head` is not an error.
             }
-            let code = if e.downcast_ref::<UsageError>().is_some() {
-                2
-            } else {
-                1
-            };
+            let usage = e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<funcrl_iv::InputError>().is_some();
+            let code = if usage { 2 } else { 1 };
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }
@@ -226,6 +234,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => {
             let table = crate::train::compare(&args)?;
             write!(out, "{table}")?;
+        }
+        Command::Configs { name: None } => {
+            writeln!(out, "{:<28} first line", "name")?;
+            for (name, text) in crate::config::SHIPPED {
+                let first = text
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches('#')
+                    .trim();
+                writeln!(out, "{name:<28} {first}")?;
+            }
+        }
+        Command::Configs { name: Some(name) } => {
+            let (_, text) = crate::config::shipped(&name).ok_or_else(|| {
+                UsageError::new(format!(
+                    "no shipped config named {name:?}; known: {}",
+                    crate::config::SHIPPED
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            write!(out, "{text}")?;
         }
         Command::Envs => {
             writeln!(

@@ -2,9 +2,97 @@
 //! with `deny_unknown_fields`. Every failure is a [`UsageError`] that names the file, the field
 //! and what is allowed, so the CLI can print it and exit with code 2.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+
+/// The repository's `configs/<kind>/<name>.toml`, compiled in (see build.rs): (`kind/name`, text).
+pub const SHIPPED: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/shipped_configs.rs"));
+
+/// The shipped config `name` names: `cartpole_funcid`, `rl/cartpole_funcid`, or either with
+/// `.toml` or a leading `configs/`.
+pub fn shipped(name: &str) -> Option<(&'static str, &'static str)> {
+    let n = name.strip_suffix(".toml").unwrap_or(name);
+    let n = n.strip_prefix("configs/").unwrap_or(n);
+    SHIPPED
+        .iter()
+        .find(|(full, _)| *full == n || full.rsplit('/').next() == Some(n))
+        .copied()
+}
+
+/// A config's text and where it came from.
+pub struct Source {
+    pub text: String,
+    /// For messages: the file's path, or `shipped config rl/cartpole_funcid`.
+    pub label: String,
+    /// The folder relative paths inside the config are read from (None for a shipped config).
+    pub dir: Option<PathBuf>,
+}
+
+/// Reads the config at `path`; where no such file exists, the shipped config of that name.
+pub fn read_source(path: &Path) -> Result<Source, UsageError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Source {
+            text,
+            label: path.display().to_string(),
+            dir: Some(
+                path.parent()
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match shipped(&path.to_string_lossy()) {
+                Some((name, text)) => Ok(Source {
+                    text: text.to_string(),
+                    label: format!("shipped config {name}"),
+                    dir: None,
+                }),
+                None => Err(UsageError::new(format!(
+                    "cannot read config {}: {e}; shipped configs (usable by name, `funcrl configs` prints them): {}",
+                    path.display(),
+                    SHIPPED
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            }
+        }
+        Err(e) => Err(UsageError::new(format!(
+            "cannot read config {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Parses a config's text as a TOML table.
+pub fn parse(source: &Source) -> Result<toml::Table, UsageError> {
+    source.text.parse().map_err(|e: toml::de::Error| {
+        UsageError::new(format!("invalid TOML in {}: {e}", source.label))
+    })
+}
+
+/// Makes the relative file paths at `keys` (dotted) in `table` relative to the config's folder,
+/// so a config names its data files as seen from where it lives, whatever the working directory.
+pub fn resolve_paths(table: &mut toml::Table, keys: &[&str], source: &Source) {
+    let Some(dir) = &source.dir else { return };
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+    for key in keys {
+        if let Some(toml::Value::String(s)) = lookup(table, key)
+            && Path::new(s.as_str()).is_relative()
+        {
+            *s = dir.join(&*s).display().to_string();
+        }
+    }
+}
+
+/// The value at a dotted key, if every table on the way exists.
+fn lookup<'a>(table: &'a mut toml::Table, key: &str) -> Option<&'a mut toml::Value> {
+    match key.split_once('.') {
+        None => table.get_mut(key),
+        Some((head, rest)) => lookup(table.get_mut(head)?.as_table_mut()?, rest),
+    }
+}
 
 /// A mistake in what the user asked for (config, flag, id, value): printed without a backtrace,
 /// exit code 2, like clap's own argument errors.
@@ -15,6 +103,13 @@ pub struct UsageError(pub String);
 impl UsageError {
     pub fn new(msg: impl Into<String>) -> Self {
         UsageError(msg.into())
+    }
+}
+
+/// The IV library's bad-input errors are usage errors of the CLI.
+impl From<funcrl_iv::InputError> for UsageError {
+    fn from(e: funcrl_iv::InputError) -> Self {
+        UsageError(e.0)
     }
 }
 
@@ -69,17 +164,15 @@ pub fn from_table<T: DeserializeOwned>(table: toml::Table, source: &str) -> Resu
     })
 }
 
-/// Reads `path`, applies the overrides in order, and deserializes.
+/// Reads `path` (or the shipped config of that name), applies the overrides in order, and
+/// deserializes.
 pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError::new(format!("cannot read config {}: {e}", path.display())))?;
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        UsageError::new(format!("invalid TOML in {}: {e}", path.display()))
-    })?;
+    let source = read_source(path)?;
+    let mut table = parse(&source)?;
     for o in overrides {
         apply_override(&mut table, o)?;
     }
-    from_table(table, &path.display().to_string())
+    from_table(table, &source.label)
 }
 
 #[cfg(test)]

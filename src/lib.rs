@@ -1,12 +1,13 @@
 //! funcrl: control-oriented model-based reinforcement learning and deep instrumental-variable
 //! regression on a functional bilevel solver (FuncID, NeurIPS 2024).
 //!
-//! This crate is the facade and the CLI; the environments live in [`funcrl_envs`].
+//! This crate is the CLI and its run infrastructure (configs, run directories, logs, plots); the
+//! libraries are [`funcrl_envs`], `funcrl_bilevel`, `funcrl_kernels`, [`funcrl_agents`] and
+//! [`funcrl_iv`].
 
 pub mod cli;
 pub mod config;
 pub mod iv;
-pub mod memory;
 pub mod rollout;
 pub mod train;
 

@@ -1,4 +1,4 @@
 fn main() -> std::process::ExitCode {
-    funcrl::memory::keep_freed_memory();
+    funcrl_iv::memory::keep_freed_memory();
     funcrl::cli::main()
 }

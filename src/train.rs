@@ -129,8 +129,17 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
         ProgressBar::new(cfg.total_steps)
     };
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {rate} steps/s  eta {eta}  {msg}",
+        )
+        .expect("valid template")
+        // indicatif's {per_sec} prints four decimals; steps per second are counts.
+        .with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}", s.per_sec());
+            },
+        ),
     );
     bar.set_position(trainer.step);
     let (mut sum, mut count) = ([0.0f64; 3], 0u64);

@@ -1,8 +1,8 @@
-//! Wall time per 1,000 env steps with one update per step for every agent (CartPole-v1, SPEC §3
-//! shapes: batch 256, f64, Q 32-32, model width 3), and the FuncID update alone on the same
-//! synthetic batch as shared/bench/ref_rl_jax.py (delta model, B = 256, f64).
+//! Wall time per 1,000 env steps with one update per step for every agent (CartPole-v1, the
+//! protocol's shapes: batch 256, f64, Q 32-32, model width 3), and the FuncID update alone on the same
+//! synthetic batch as benches/peers/rl_jax.py (delta model, B = 256, f64).
 //!
-//! `cargo bench -p funcrl-agents [-- STEPS]`; compare with `python ref_rl_jax.py` run in the same
+//! `cargo bench -p funcrl-agents [-- STEPS]`; compare with `python benches/peers/rl_jax.py` run in the same
 //! session (it prints seconds per 1k env steps, updates only).
 
 use std::time::Instant;
@@ -105,7 +105,7 @@ fn main() {
     // Why the agents use host kernels: one forward + backward of the Q loss on this batch with
     // burn's autodiff (flex backend) against the same with `dense`.
     {
-        use funcrl_agents::dense::{Dense, Tape};
+        use funcrl_kernels::Tape;
         let time = |f: &mut dyn FnMut()| {
             f();
             let t = Instant::now();
@@ -119,10 +119,10 @@ fn main() {
         let burn_fb = time(&mut || {
             let th = qp.tracked();
             let v = funcrl_bilevel::InnerModel::forward(&agent.qnet, &th, &d.s).output;
-            let l = funcrl_agents::agent::q_loss_t(v, d.r.clone(), &d.onehot2, &d.w);
+            let l = funcrl_agents::problem::q_loss_t(v, d.r.clone(), &d.onehot2, &d.w);
             let _ = th.grads(&l.backward());
         });
-        let net = Dense::from_mlp(&agent.qnet.net);
+        let net = funcrl_agents::agent::dense(&agent.qnet.net);
         let k = net.numel();
         let mut tape = Tape::default();
         let mut grad = vec![0.0; 2 * k];

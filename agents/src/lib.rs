@@ -1,18 +1,20 @@
-//! Model-based agents for control-oriented RL (SPEC §3): replay, world models, a soft double-Q,
-//! and agents that differ only in how the model is learned — `mle`, `funcid`, `omd`, `vep`, and a
-//! model-free soft-Q reference — plus the training loop with HDF5 checkpoints.
+//! funcrl-agents: model-based agents for control-oriented RL — replay, world models, a soft
+//! double-Q, and learning rules that differ only in how the model is learned (`mle`, `funcid`,
+//! `omd`, `vep`, and a model-free soft-Q reference, one file each under [`rules`]) — plus the
+//! training loop with HDF5 checkpoints. The protocol is in the repository's `docs/protocols.md`.
 
 pub mod agent;
-pub mod dense;
+pub mod config;
 pub mod h5io;
 pub mod nets;
+pub mod problem;
 pub mod replay;
+pub mod rules;
 pub mod targets;
 pub mod trainer;
 
-pub use agent::{
-    Agent, AgentConfig, FuncidMode, ModelConfig, ModelLearning, OmdInverse, QConfig, UpdateStats,
-};
+pub use agent::{Agent, UpdateStats};
+pub use config::{AgentConfig, FuncidMode, ModelConfig, ModelLearning, OmdInverse, QConfig};
 pub use replay::{Batch, PerConfig, ReplayBuffer, Transition};
 pub use targets::Ending;
 pub use trainer::{ActionMap, ReplayConfig, TrainConfig, Trainer};

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Predict {
-    /// s' itself (the reference code's choice, SPEC §3).
+    /// s' itself (the reference code's choice, docs/protocols.md).
     #[default]
     NextState,
     /// s' − s, added back to s.

@@ -1,4 +1,4 @@
-//! The training loop (SPEC §3): random warm-up, then per env step one ε-softmax action and
+//! The training loop (docs/protocols.md): random warm-up, then per env step one ε-softmax action and
 //! `updates_per_step` updates; evaluation without ε; HDF5 checkpoints from which a resumed run
 //! takes exactly the steps an uninterrupted one would.
 //!
@@ -13,7 +13,8 @@ use funcrl_envs::{Action, Env, EnvError, MakeOptions, Obs, Space, Step};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{Agent, AgentConfig, ModelConfig, ModelLearning, QConfig, UpdateStats};
+use crate::agent::{Agent, UpdateStats};
+use crate::config::{AgentConfig, ModelConfig, ModelLearning, QConfig};
 use crate::h5io;
 use crate::replay::{PerConfig, ReplayBuffer, ReplayError, Transition};
 use crate::targets::Ending;
@@ -46,7 +47,7 @@ fn d_log_every() -> u64 {
     100
 }
 
-/// Replay settings. `capacity` defaults to `total_steps` (SPEC: the buffer holds all steps).
+/// Replay settings. `capacity` defaults to `total_steps` (the protocol: the buffer holds all steps).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayConfig {

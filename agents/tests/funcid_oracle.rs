@@ -7,8 +7,8 @@
 //! adjoint's ∂_ω mean_b⟨∂_v ℓ_in, a⟩ with a = −(v* − y)·onehot.
 
 use burn::tensor::Tensor;
-use funcrl_agents::agent::{BatchTensors, OuterData, RlProblem};
 use funcrl_agents::nets::{DoubleQ, Predict, WorldModel};
+use funcrl_agents::problem::{BatchTensors, OuterData, RlProblem};
 use funcrl_bilevel::{
     BilevelProblem, Ctx, InnerModel, Params, Precision, ctx::scalar, methods::total_from_adjoint,
 };

@@ -3,7 +3,8 @@
 //! from the same state and batches, every agent must land on the same Q, target and model.
 
 use burn::tensor::Tensor;
-use funcrl_agents::agent::{OuterData, RlProblem, q_loss_t, solver_method};
+use funcrl_agents::problem::{OuterData, RlProblem, q_loss_t};
+use funcrl_agents::rules::solver_method;
 use funcrl_agents::{
     Agent, AgentConfig, Batch, FuncidMode, ModelConfig, ModelLearning, OmdInverse, QConfig,
     nets::Predict,
@@ -128,18 +129,18 @@ impl Reference {
                 let (s2, r) = agent.model.forward(&om, &d.s, &d.x);
                 let g = agent.cfg.q.gamma;
                 let mut loss: Option<Tensor<1>> = None;
-                for vk in &agent.vep_values {
+                let vep = agent.rule().vep().expect("a VEP agent");
+                for vk in &vep.values {
                     let vk = funcrl_bilevel::Mlp::init(
-                        &agent.vep_net,
+                        &vep.net,
                         &agent.ctx,
                         &mut StdRng::seed_from_u64(0),
                     )
                     .from_flat_like(&agent.ctx, vk);
                     let model_side = r.clone()
-                        + (d.mask.clone() * agent.vep_net.forward(&vk, &s2).output).mul_scalar(g);
+                        + (d.mask.clone() * vep.net.forward(&vk, &s2).output).mul_scalar(g);
                     let real_side = d.r.clone()
-                        + (d.mask.clone() * agent.vep_net.forward(&vk, &d.s_next).output)
-                            .mul_scalar(g);
+                        + (d.mask.clone() * vep.net.forward(&vk, &d.s_next).output).mul_scalar(g);
                     let l = (model_side - real_side.detach())
                         .square()
                         .mul(d.w.clone())

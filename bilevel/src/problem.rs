@@ -1,4 +1,4 @@
-//! The problem interface, in the functional form of SPEC §1.
+//! The problem interface, in the functional form of docs/method.md.
 //!
 //! A problem knows the outer variable ω (a [`Params`]), the data, and the pointwise losses as
 //! functions of the *prediction* v = h(x). It never sees the inner network: the solver owns it.

@@ -1,7 +1,7 @@
 //! Environment throughput, single core: CartPole-v1 steps per second for one env (`make`, boxed,
 //! with its TimeLimit) and the structure-of-arrays vector env at N = 1, 64, 1024, with the ratio to
 //! Python gymnasium measured in the same run when `python3` with gymnasium is available
-//! (`envs/scripts/bench_gymnasium.py`), else to the figures recorded in shared/bench/README.md.
+//! (`benches/peers/envs_gymnasium.py`), else to the figures recorded in benches/peers/README.md.
 //!
 //!     cargo bench -p funcrl-envs --bench throughput
 //!
@@ -44,7 +44,10 @@ fn measure(secs: f64, steps_per_chunk: u64, mut chunk: impl FnMut()) -> f64 {
 }
 
 fn python_peer() -> Option<(String, f64, f64)> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_gymnasium.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../benches/peers/envs_gymnasium.py"
+    );
     let out = Command::new("python3").arg(script).output().ok()?;
     if !out.status.success() {
         return None;
@@ -107,7 +110,7 @@ fn main() {
     let (label, py_single, py_vec) = match &peer {
         Some((v, s, vv)) => (format!("{v}, measured now"), *s, *vv),
         None => (
-            "gymnasium 1.4, recorded in shared/bench/README.md".to_string(),
+            "gymnasium 1.4, recorded in benches/peers/README.md".to_string(),
             130_000.0,
             1_440_000.0,
         ),

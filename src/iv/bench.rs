@@ -9,6 +9,7 @@ use clap::Args;
 use crate::config::UsageError;
 use crate::iv::run as ivrun;
 use crate::plot::{self, Band};
+use funcrl_iv::run::IvConfig;
 
 #[derive(Args, Debug)]
 pub struct IvBenchArgs {
@@ -53,7 +54,7 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
 }
 
 /// A finished run under `root` (its `result.json` exists) whose resolved config equals `cfg`.
-fn finished(root: &Path, cfg: &ivrun::IvConfig) -> Option<ivrun::IvResult> {
+fn finished(root: &Path, cfg: &IvConfig) -> Option<ivrun::IvResult> {
     let want = toml::to_string_pretty(cfg).ok()?;
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .ok()?

@@ -1,16 +1,8 @@
-//! Instrumental-variable regression: linear 2SLS (closed form) and deep IV (DFIV, FuncID,
-//! FuncID-linear, AID, ITD, penalty) on the shared bilevel solver; data generators (demand design,
-//! linear-Gaussian, dSprites) and bring-your-own CSV/HDF5 data.
+//! `funcrl iv` and `funcrl iv-bench`: the commands over the IV library (`funcrl_iv`: data,
+//! 2SLS, networks, the fit), with run directories and plots.
 
 pub mod bench;
-pub mod data;
-pub mod dsprites;
-pub mod generate;
-mod kernel;
-pub mod nets;
-pub mod problem;
 pub mod run;
-pub mod tsls;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::config::UsageError;
+use funcrl_iv::{data, tsls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum IvFormat {

@@ -235,7 +235,7 @@ pub fn outer_value_and_grad_v<P: BilevelProblem>(
     (value, d.autodiff().detach())
 }
 
-/// The functional total gradient once an adjoint is known (SPEC §1, step 4):
+/// The functional total gradient once an adjoint is known (docs/method.md, FuncID step 4):
 /// ∂_ω L_out(ω, v_out) + ∂_ω mean_b ⟨∂_v ℓ_in(ω, v_b), a_b⟩ with v and a held fixed — one backward.
 pub fn total_from_adjoint<P: BilevelProblem>(
     problem: &P,

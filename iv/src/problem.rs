@@ -1,4 +1,4 @@
-//! Deep IV as a functional bilevel problem (SPEC §2, bilevel/README.md):
+//! Deep IV as a functional bilevel problem (docs/method.md, bilevel/README.md):
 //! ω = treatment network φ_ω, inner h(z) = W[ψ(z); 1] (ψ = instrument network, the solver's
 //! inner model), ℓ_in = ½‖v − φ_ω(t)‖² on stage-1 rows, and L_out = the stage-2 ridge loss
 //! (1/N₂)‖y − [v,1]u*‖² + λ₂‖u*‖² with u* its exact minimiser on stage-2 rows.
@@ -15,9 +15,9 @@ use std::cell::RefCell;
 use burn::tensor::Tensor;
 use funcrl_bilevel::{BilevelProblem, Ctx, Params, ctx::to_vec};
 
-use crate::iv::data::Matrix;
-use crate::iv::nets::Net;
-use crate::iv::tsls::{chol_solve, cholesky};
+use crate::data::Matrix;
+use crate::nets::Net;
+use crate::tsls::{chol_solve, cholesky};
 
 pub struct Stage1 {
     pub z: Tensor<2>,
@@ -356,7 +356,7 @@ pub(crate) fn random_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iv::nets::Act;
+    use crate::nets::Act;
     use funcrl_bilevel::{
         InnerModel, MethodConfig, Precision, Solver, SolverConfig, inner::InnerConfig,
     };
@@ -369,12 +369,12 @@ mod tests {
     fn host_stage1(phi: &[f64], psi1: &Matrix, psi2: &Matrix, l1: f64) -> Vec<f64> {
         let (n1, q) = (psi1.rows, psi1.cols);
         let dv = phi.len() / n1;
-        let mut a = crate::iv::tsls::at_b(psi1, psi1);
+        let mut a = crate::tsls::at_b(psi1, psi1);
         a.iter_mut().for_each(|x| *x /= n1 as f64);
         for i in 0..q {
             a[i * q + i] += l1;
         }
-        let mut w = crate::iv::tsls::at_b(psi1, &Matrix::new(n1, dv, phi.to_vec()));
+        let mut w = crate::tsls::at_b(psi1, &Matrix::new(n1, dv, phi.to_vec()));
         w.iter_mut().for_each(|x| *x /= n1 as f64);
         chol_solve(&cholesky(&a, q).unwrap(), q, &mut w, dv);
         let n2 = psi2.rows;
@@ -730,10 +730,10 @@ mod tests {
                 }
             }
             let dm = Matrix::new(n2, k, d);
-            let mut g = crate::iv::tsls::at_b(&dm, &dm);
+            let mut g = crate::tsls::at_b(&dm, &dm);
             g.iter_mut().for_each(|x| *x /= n2 as f64);
             (0..k).for_each(|i| g[i * k + i] += l2);
-            let mut u = crate::iv::tsls::at_b(&dm, &Matrix::new(n2, 1, y2.clone()));
+            let mut u = crate::tsls::at_b(&dm, &Matrix::new(n2, 1, y2.clone()));
             u.iter_mut().for_each(|x| *x /= n2 as f64);
             chol_solve(&cholesky(&g, k).unwrap(), k, &mut u, 1);
             let fit: f64 = (0..n2)

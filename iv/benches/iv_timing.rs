@@ -1,6 +1,6 @@
-//! Wall time per outer iteration of deep IV on dSprites-shaped data (SPEC §2 networks, f64, full
+//! Wall time per outer iteration of deep IV on dSprites-shaped data (the protocol's networks, f64, full
 //! batch, 20 inner steps), for FuncID, FuncID-linear, AID and DFIV, plus a breakdown of where an
-//! iteration's time goes. Compare with shared/bench/ref_iv_torch.py run in the same session.
+//! iteration's time goes. Compare with benches/peers/iv_torch.py run in the same session.
 //!
 //!     cargo bench -p funcrl --bench iv_timing -- [n] [iterations] [methods,comma,separated]
 //!
@@ -8,10 +8,10 @@
 
 use std::time::Instant;
 
-use funcrl::iv::data::Matrix;
-use funcrl::iv::generate::IvDataset;
-use funcrl::iv::run::{self, Resolved};
 use funcrl_bilevel::{BilevelProblem, Ctx, InnerModel};
+use funcrl_iv::data::Matrix;
+use funcrl_iv::generate::IvDataset;
+use funcrl_iv::run::{self, Resolved};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -20,8 +20,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    // As the CLI does (src/memory.rs).
-    funcrl::memory::keep_freed_memory();
+    // As the CLI does (memory.rs).
+    funcrl_iv::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
@@ -53,14 +53,8 @@ fn main() -> anyhow::Result<()> {
     );
     for m in &methods {
         let root = env!("CARGO_MANIFEST_DIR");
-        let cfg = run::load(
-            std::path::Path::new(&format!("{root}/configs/iv/dsprites_{m}.toml")),
-            &[],
-            None,
-            None,
-            None,
-            None,
-        )?;
+        let path = format!("{root}/../configs/iv/dsprites_{m}.toml");
+        let cfg: run::IvConfig = toml::from_str(&std::fs::read_to_string(&path)?)?;
         let Resolved::Deep { solver: scfg, .. } = cfg.resolve()? else {
             anyhow::bail!("{m} is not a deep method");
         };

@@ -5,56 +5,36 @@
 //! through burn's autodiff, of which ≈ 40 % was GEMM; the rest was per-op dispatch, allocation and
 //! one memory pass per LayerNorm, activation and broadcast op. Here each layer's elementwise work is
 //! one pass over its rows forward and one backward, and the GEMMs are the `gemm` crate's (the ones
-//! burn flex calls). The maths is [`Net::run`]'s, spectral norm included (σ̂ = ‖uW‖ with u fixed,
-//! differentiated in W); `tests` check the gradients against burn's autodiff.
+//! burn flex calls). The maths is the burn description's (`funcrl_iv::nets::Net::run`), spectral
+//! norm included (σ̂ = ‖uW‖ with u fixed, differentiated in W); the IV crate's tests check the
+//! gradients against burn's autodiff on every layout it uses.
 
-use gemm::Parallelism;
+use serde::{Deserialize, Serialize};
 
-use super::nets::{Act, Net};
+use crate::gemm::{Threads, gemm as product};
 
-/// burn flex's threshold for a multi-threaded GEMM (m·n·k), kept so both paths split work alike.
-const PARALLEL_OPS: usize = 192 * 192 * 192;
-
-/// c `[m, n]` (+)= a·b, all row-major; `ta`/`tb` read a (stored `[k, m]`) or b (stored `[n, k]`)
-/// transposed; `acc` adds to c instead of overwriting it.
+/// The IV networks' products: up to 2,500×4096·4096×1024, split over the pool when large.
 #[allow(clippy::too_many_arguments)]
 fn gemm(m: usize, k: usize, n: usize, a: &[f64], ta: bool, b: &[f64], tb: bool, c: &mut [f64]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
-    let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
-    let par = if m * n * k >= PARALLEL_OPS {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: the assert bounds every element the strides above reach; `c` is a distinct
-    // mutable borrow, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    product(m, k, n, a, ta, b, tb, c, 0.0, Threads::Pool);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Act {
+    Relu,
+    Tanh,
+    /// No activation (DFIV's demand treatment net ends with a plain linear layer).
+    Identity,
+}
+
+/// One linear layer's post-processing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Layer {
+    pub layer_norm: bool,
+    /// LayerNorm after the activation (else between the linear map and the activation).
+    pub norm_after_act: bool,
+    pub act: Act,
 }
 
 /// Σ over rows of an `[n, o]` matrix, as a `[1, o]` row.
@@ -91,17 +71,17 @@ struct LayerTape {
 }
 
 /// A forward pass's values: per-layer tapes, the features and the head's prediction.
-pub(crate) struct Tape {
+pub struct Tape {
     n: usize,
     layers: Vec<LayerTape>,
     features: Vec<f64>,
-    pub(crate) output: Vec<f64>,
+    pub output: Vec<f64>,
 }
 
-/// The network's parameters on the host, in [`Net`]'s layout (per layer W, b, [gain, bias]; then
-/// the head's W, b).
-pub(crate) struct HostNet<'a> {
-    net: &'a Net,
+/// A network's parameters on the host, in the IV networks' layout (per layer W `[in, out]`, b,
+/// and gain, bias where the layer has LayerNorm; then the head's W, b).
+pub struct HostNet {
+    specs: Vec<Layer>,
     layers: Vec<HostLayer>,
     head_w: Vec<f64>,
     head_b: Vec<f64>,
@@ -179,15 +159,24 @@ fn layer_norm_back(
     }
 }
 
-impl<'a> HostNet<'a> {
-    /// `params` and the spectral-norm vectors `u` (one per layer, where refreshed) as host rows.
-    pub(crate) fn new(net: &'a Net, params: &[Vec<f64>], u: &[Option<Vec<f64>>]) -> Self {
+impl HostNet {
+    /// A network of `widths` = [input, hidden.., features] with per-layer `specs`, spectral norm
+    /// where `u` (one per layer, where refreshed) has a vector and `spectral_norm` is set, and a
+    /// linear head of width `head`; `params` and `u` as host rows.
+    pub fn new(
+        widths: &[usize],
+        specs: &[Layer],
+        spectral_norm: bool,
+        head: usize,
+        params: &[Vec<f64>],
+        u: &[Option<Vec<f64>>],
+    ) -> Self {
         let mut at = 0;
-        let mut layers = Vec::with_capacity(net.layers.len());
-        for (l, spec) in net.layers.iter().enumerate() {
-            let (i, o) = (net.widths[l], net.widths[l + 1]);
+        let mut layers = Vec::with_capacity(specs.len());
+        for (l, spec) in specs.iter().enumerate() {
+            let (i, o) = (widths[l], widths[l + 1]);
             let mut w = params[at].clone();
-            let spectral = match (&u[l], net.spectral_norm) {
+            let spectral = match (&u[l], spectral_norm) {
                 (Some(u), true) => {
                     // v = uW/‖uW‖, σ̂ = (uW)·v: the order of Net::weight's operations.
                     let mut uw = vec![0.0; o];
@@ -213,10 +202,9 @@ impl<'a> HostNet<'a> {
             });
             at += if spec.layer_norm { 4 } else { 2 };
         }
-        let features = *net.widths.last().expect("widths");
-        let head = net.head.expect("a head");
+        let features = *widths.last().expect("widths");
         Self {
-            net,
+            specs: specs.to_vec(),
             layers,
             head_w: params[at].clone(),
             head_b: params[at + 1].clone(),
@@ -225,11 +213,11 @@ impl<'a> HostNet<'a> {
         }
     }
 
-    /// The forward of [`Net::run`] on `x` (`[n, input]`, row-major).
-    pub(crate) fn forward(&self, x: &[f64], n: usize) -> Tape {
+    /// The forward on `x` (`[n, input]`, row-major).
+    pub fn forward(&self, x: &[f64], n: usize) -> Tape {
         let mut h = x.to_vec();
         let mut tapes = Vec::with_capacity(self.layers.len());
-        for (layer, spec) in self.layers.iter().zip(&self.net.layers) {
+        for (layer, spec) in self.layers.iter().zip(&self.specs) {
             let o = layer.o;
             let mut z = vec![0.0; n * o];
             gemm(n, layer.i, o, &h, false, &layer.w, false, &mut z);
@@ -282,9 +270,9 @@ impl<'a> HostNet<'a> {
         }
     }
 
-    /// J_θᵀ g for g = dL/d(prediction) (`[n, head]`): the gradients in [`Net`]'s parameter
+    /// J_θᵀ g for g = dL/d(prediction) (`[n, head]`): the gradients in the parameter
     /// order, each as (values, rows, cols).
-    pub(crate) fn backward(&self, tape: &Tape, g: &[f64]) -> Vec<(Vec<f64>, usize, usize)> {
+    pub fn backward(&self, tape: &Tape, g: &[f64]) -> Vec<(Vec<f64>, usize, usize)> {
         let n = tape.n;
         assert_eq!(g.len(), n * self.head);
         let mut d_head_w = vec![0.0; self.features * self.head];
@@ -312,7 +300,7 @@ impl<'a> HostNet<'a> {
         );
 
         let mut out: Vec<Vec<(Vec<f64>, usize, usize)>> = Vec::with_capacity(self.layers.len());
-        for (l, (layer, spec)) in self.layers.iter().zip(&self.net.layers).enumerate().rev() {
+        for (l, (layer, spec)) in self.layers.iter().zip(&self.specs).enumerate().rev() {
             let (i, o) = (layer.i, layer.o);
             let t = &tape.layers[l];
             let act_out = t
@@ -365,121 +353,5 @@ impl<'a> HostNet<'a> {
         flat.push((d_head_w, self.features, self.head));
         flat.push((d_head_b, 1, self.head));
         flat
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::iv::problem::{IvProblem, Stage1, random_tensor};
-    use burn::tensor::Tensor;
-    use funcrl_bilevel::{
-        Ctx, InnerModel, Params, Precision, ctx::to_vec, inner::inner_grad_theta,
-    };
-    use rand::{SeedableRng, rngs::StdRng};
-
-    fn max_rel(a: &[f64], b: &[f64]) -> f64 {
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(0.0_f64, |m, x| m.max(x.abs())).max(1e-300);
-        a.iter()
-            .zip(b)
-            .fold(0.0_f64, |m, (x, y)| m.max((x - y).abs()))
-            / scale
-    }
-
-    /// J_θᵀ g by burn's autodiff: the gradient of Σ ⟨h_θ(x), g⟩.
-    fn autodiff(net: &Net, theta: &Params, x: &Tensor<2>, g: &Tensor<2>) -> Params {
-        let th = theta.tracked();
-        let v = net.forward(&th, x).output;
-        th.grads(&(v * g.clone()).sum().backward())
-    }
-
-    /// Every layout the IV networks use — funcBO's instrument (LN after ReLU) and treatment
-    /// (Tanh head) layouts, LN before the activation, identity output, with and without spectral
-    /// norm, before and after the power-iteration vectors exist — gives the gradients of burn's
-    /// autodiff, parameter by parameter, and the same prediction.
-    #[test]
-    fn fused_gradient_equals_autodiff() {
-        let ctx = Ctx::flex(Precision::F64);
-        let nets = [
-            Net::funcbo(vec![3, 9, 7, 6, 5], Act::Relu, true, Some(4)),
-            Net::funcbo(vec![4, 8, 6, 5, 3], Act::Tanh, true, Some(2)),
-            Net::funcbo(vec![2, 7, 5], Act::Identity, true, Some(3)),
-            Net::new(vec![4, 6, 5], Act::Tanh, true, false, Some(2)),
-            Net::new(vec![3, 6, 6, 4], Act::Relu, true, true, Some(3)),
-        ];
-        for (k, net) in nets.iter().enumerate() {
-            let mut rng = StdRng::seed_from_u64(k as u64);
-            let theta = net.init(&ctx, &mut rng);
-            // Non-trivial LayerNorm gains and biases.
-            let theta = theta.axpy(
-                0.3,
-                &Params::new(
-                    theta
-                        .0
-                        .iter()
-                        .map(|p| {
-                            let [r, c] = p.dims();
-                            random_tensor(&ctx, &mut rng, r, c)
-                        })
-                        .collect(),
-                ),
-            );
-            let n = 13;
-            let x = random_tensor(&ctx, &mut rng, n, net.widths[0]).mul_scalar(2.0);
-            let g = random_tensor(&ctx, &mut rng, n, net.head.unwrap());
-            for refreshed in [false, true] {
-                if refreshed {
-                    for _ in 0..3 {
-                        net.refresh(&ctx, &theta);
-                    }
-                }
-                let want = autodiff(net, &theta, &x, &g);
-                let mut seen = None;
-                let got = net
-                    .grad_through(&theta, &x, &mut |v| {
-                        seen = Some(to_vec(&v));
-                        g.clone()
-                    })
-                    .expect("f64 with a head uses the kernel");
-                let out = to_vec(&net.forward(&theta, &x).output);
-                assert!(max_rel(&seen.unwrap(), &out) < 1e-13, "net {k}: prediction");
-                assert_eq!(got.len(), want.len());
-                for (j, (a, b)) in got.0.iter().zip(&want.0).enumerate() {
-                    assert_eq!(a.dims(), b.dims(), "net {k} param {j}");
-                    let e = max_rel(&to_vec(a), &to_vec(b));
-                    assert!(
-                        e < 1e-12,
-                        "net {k} (refreshed {refreshed}) param {j}: rel err {e}"
-                    );
-                }
-            }
-        }
-    }
-
-    /// Through the solver: `inner_grad_theta` (G = L_in + ½λ‖[W; b]‖²) gives the same gradient
-    /// and value with the kernel as with autodiff, at λ ≠ 0.
-    #[test]
-    fn inner_gradient_with_the_kernel_equals_autodiff() {
-        let ctx = Ctx::flex(Precision::F64);
-        let mut rng = StdRng::seed_from_u64(5);
-        let (n, dz, dt, feat) = (17, 3, 6, 4);
-        let tnet = Net::funcbo(vec![dt, 8, 5, feat], Act::Tanh, true, None);
-        let omega = tnet.init(&ctx, &mut rng);
-        tnet.refresh(&ctx, &omega);
-        let problem = IvProblem::new(ctx.clone(), tnet, 0.1);
-        let b = Stage1::new(
-            random_tensor(&ctx, &mut rng, n, dz),
-            random_tensor(&ctx, &mut rng, n, dt),
-        );
-        let mut fused = Net::funcbo(vec![dz, 9, 7, 5], Act::Relu, true, Some(feat));
-        let theta = fused.init(&ctx, &mut rng);
-        fused.refresh(&ctx, &theta);
-        let (g1, v1) = inner_grad_theta(&problem, &fused, &omega, &theta, &b.z, &b, 0.3);
-        fused.host_kernel = false;
-        let (g0, v0) = inner_grad_theta(&problem, &fused, &omega, &theta, &b.z, &b, 0.3);
-        assert!((v1 - v0).abs() < 1e-13 * v0.abs(), "{v1} vs {v0}");
-        let e = max_rel(&g1.to_flat(), &g0.to_flat());
-        assert!(e < 1e-12, "rel err {e}");
     }
 }

@@ -1,4 +1,4 @@
-//! The IV networks of SPEC §2 on plain [`Params`]: linear layers with spectral normalisation,
+//! The IV networks of docs/protocols.md on plain [`Params`]: linear layers with spectral normalisation,
 //! LayerNorm (with gain and bias), ReLU, and a Tanh head for the treatment network.
 //!
 //! Spectral norm divides W by σ̂ = ‖uW‖ with u a unit vector from power iteration. u is held
@@ -12,27 +12,9 @@ use std::cell::RefCell;
 use burn::tensor::{DType, Tensor, TensorData, activation};
 use funcrl_bilevel::{Ctx, Forward, InnerModel, Params, ctx::to_vec};
 
-use super::kernel::HostNet;
+use funcrl_kernels::normed::HostNet;
+pub use funcrl_kernels::normed::{Act, Layer};
 use rand::{RngExt, rngs::StdRng};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Act {
-    Relu,
-    Tanh,
-    /// No activation (DFIV's demand treatment net ends with a plain linear layer).
-    Identity,
-}
-
-/// One linear layer's post-processing.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Layer {
-    pub layer_norm: bool,
-    /// LayerNorm after the activation (else between the linear map and the activation).
-    pub norm_after_act: bool,
-    pub act: Act,
-}
 
 /// An MLP whose last `features` block is followed (for the instrument net) by a linear head.
 #[derive(Debug)]
@@ -42,7 +24,7 @@ pub struct Net {
     pub spectral_norm: bool,
     /// Linear head appended after the last layer (the inner model's `[W, b]`), width `head`.
     pub head: Option<usize>,
-    /// Inner steps through the fused host kernel ([`super::kernel`]) where the tensors are f64;
+    /// Inner steps through the fused host kernel (`funcrl_kernels::normed`) where the tensors are f64;
     /// `false`: burn's autodiff (the kernel's tests compare the two).
     pub host_kernel: bool,
     u: RefCell<Vec<Option<Tensor<2>>>>,
@@ -280,7 +262,14 @@ impl InnerModel for Net {
             .iter()
             .map(|u| u.as_ref().map(host))
             .collect();
-        let net = HostNet::new(self, &params, &u);
+        let net = HostNet::new(
+            &self.widths,
+            &self.layers,
+            self.spectral_norm,
+            self.output_dim(),
+            &params,
+            &u,
+        );
         let n = x.dims()[0];
         let mut tape = net.forward(&host(x), n);
         let (device, dtype) = (x.device(), x.dtype());
@@ -402,5 +391,122 @@ mod tests {
             // var/(var + 1e-5) < 1 by the LayerNorm epsilon.
             assert!(m.abs() < 1e-9 && (var - 1.0).abs() < 1e-3, "{m} {var}");
         }
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    //! The host kernel (`funcrl_kernels::normed`) against burn's autodiff.
+    use super::*;
+    use crate::problem::{IvProblem, Stage1, random_tensor};
+    use burn::tensor::Tensor;
+    use funcrl_bilevel::{
+        Ctx, InnerModel, Params, Precision, ctx::to_vec, inner::inner_grad_theta,
+    };
+    use rand::{SeedableRng, rngs::StdRng};
+
+    fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0.0_f64, |m, x| m.max(x.abs())).max(1e-300);
+        a.iter()
+            .zip(b)
+            .fold(0.0_f64, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    /// J_θᵀ g by burn's autodiff: the gradient of Σ ⟨h_θ(x), g⟩.
+    fn autodiff(net: &Net, theta: &Params, x: &Tensor<2>, g: &Tensor<2>) -> Params {
+        let th = theta.tracked();
+        let v = net.forward(&th, x).output;
+        th.grads(&(v * g.clone()).sum().backward())
+    }
+
+    /// Every layout the IV networks use — funcBO's instrument (LN after ReLU) and treatment
+    /// (Tanh head) layouts, LN before the activation, identity output, with and without spectral
+    /// norm, before and after the power-iteration vectors exist — gives the gradients of burn's
+    /// autodiff, parameter by parameter, and the same prediction.
+    #[test]
+    fn fused_gradient_equals_autodiff() {
+        let ctx = Ctx::flex(Precision::F64);
+        let nets = [
+            Net::funcbo(vec![3, 9, 7, 6, 5], Act::Relu, true, Some(4)),
+            Net::funcbo(vec![4, 8, 6, 5, 3], Act::Tanh, true, Some(2)),
+            Net::funcbo(vec![2, 7, 5], Act::Identity, true, Some(3)),
+            Net::new(vec![4, 6, 5], Act::Tanh, true, false, Some(2)),
+            Net::new(vec![3, 6, 6, 4], Act::Relu, true, true, Some(3)),
+        ];
+        for (k, net) in nets.iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(k as u64);
+            let theta = net.init(&ctx, &mut rng);
+            // Non-trivial LayerNorm gains and biases.
+            let theta = theta.axpy(
+                0.3,
+                &Params::new(
+                    theta
+                        .0
+                        .iter()
+                        .map(|p| {
+                            let [r, c] = p.dims();
+                            random_tensor(&ctx, &mut rng, r, c)
+                        })
+                        .collect(),
+                ),
+            );
+            let n = 13;
+            let x = random_tensor(&ctx, &mut rng, n, net.widths[0]).mul_scalar(2.0);
+            let g = random_tensor(&ctx, &mut rng, n, net.head.unwrap());
+            for refreshed in [false, true] {
+                if refreshed {
+                    for _ in 0..3 {
+                        net.refresh(&ctx, &theta);
+                    }
+                }
+                let want = autodiff(net, &theta, &x, &g);
+                let mut seen = None;
+                let got = net
+                    .grad_through(&theta, &x, &mut |v| {
+                        seen = Some(to_vec(&v));
+                        g.clone()
+                    })
+                    .expect("f64 with a head uses the kernel");
+                let out = to_vec(&net.forward(&theta, &x).output);
+                assert!(max_rel(&seen.unwrap(), &out) < 1e-13, "net {k}: prediction");
+                assert_eq!(got.len(), want.len());
+                for (j, (a, b)) in got.0.iter().zip(&want.0).enumerate() {
+                    assert_eq!(a.dims(), b.dims(), "net {k} param {j}");
+                    let e = max_rel(&to_vec(a), &to_vec(b));
+                    assert!(
+                        e < 1e-12,
+                        "net {k} (refreshed {refreshed}) param {j}: rel err {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Through the solver: `inner_grad_theta` (G = L_in + ½λ‖[W; b]‖²) gives the same gradient
+    /// and value with the kernel as with autodiff, at λ ≠ 0.
+    #[test]
+    fn inner_gradient_with_the_kernel_equals_autodiff() {
+        let ctx = Ctx::flex(Precision::F64);
+        let mut rng = StdRng::seed_from_u64(5);
+        let (n, dz, dt, feat) = (17, 3, 6, 4);
+        let tnet = Net::funcbo(vec![dt, 8, 5, feat], Act::Tanh, true, None);
+        let omega = tnet.init(&ctx, &mut rng);
+        tnet.refresh(&ctx, &omega);
+        let problem = IvProblem::new(ctx.clone(), tnet, 0.1);
+        let b = Stage1::new(
+            random_tensor(&ctx, &mut rng, n, dz),
+            random_tensor(&ctx, &mut rng, n, dt),
+        );
+        let mut fused = Net::funcbo(vec![dz, 9, 7, 5], Act::Relu, true, Some(feat));
+        let theta = fused.init(&ctx, &mut rng);
+        fused.refresh(&ctx, &theta);
+        let (g1, v1) = inner_grad_theta(&problem, &fused, &omega, &theta, &b.z, &b, 0.3);
+        fused.host_kernel = false;
+        let (g0, v0) = inner_grad_theta(&problem, &fused, &omega, &theta, &b.z, &b, 0.3);
+        assert!((v1 - v0).abs() < 1e-13 * v0.abs(), "{v1} vs {v0}");
+        let e = max_rel(&g1.to_flat(), &g0.to_flat());
+        assert!(e < 1e-12, "rel err {e}");
     }
 }

@@ -2,11 +2,11 @@
 //! column), and the save/load format of generated datasets.
 //!
 //! Every failure a user can cause (missing file, missing column, NaN, ragged rows) is a
-//! [`UsageError`] so the CLI exits with code 2 and says what to change.
+//! [`InputError`] so the CLI exits with code 2 and says what to change.
 
 use std::path::Path;
 
-use crate::config::UsageError;
+use crate::InputError;
 
 /// Columns by name, all of the same length. Multi-column blocks (e.g. 4,096 image pixels) are
 /// stored as matrices under one name in [`Dataset`]; a `Table` is the flat, user-facing view.
@@ -22,9 +22,9 @@ impl Table {
     }
 
     /// The column `name`, or an error listing the columns there are.
-    pub fn column(&self, name: &str) -> Result<&[f64], UsageError> {
+    pub fn column(&self, name: &str) -> Result<&[f64], InputError> {
         let i = self.names.iter().position(|n| n == name).ok_or_else(|| {
-            UsageError::new(format!(
+            InputError::new(format!(
                 "column '{name}' is not in the data (columns: {})",
                 self.names.join(", ")
             ))
@@ -33,7 +33,7 @@ impl Table {
     }
 
     /// Row-major n×k matrix of the named columns, refusing NaN and infinities.
-    pub fn matrix(&self, names: &[String]) -> Result<Matrix, UsageError> {
+    pub fn matrix(&self, names: &[String]) -> Result<Matrix, InputError> {
         let n = self.rows();
         let cols: Vec<&[f64]> = names
             .iter()
@@ -41,7 +41,7 @@ impl Table {
             .collect::<Result<_, _>>()?;
         for (name, col) in names.iter().zip(&cols) {
             if let Some(r) = col.iter().position(|v| !v.is_finite()) {
-                return Err(UsageError::new(format!(
+                return Err(InputError::new(format!(
                     "column '{name}' has a missing or non-finite value at row {} (NaN/inf are not allowed; drop or impute those rows)",
                     r + 1
                 )));
@@ -116,26 +116,26 @@ impl Matrix {
 
 /// Reads a CSV file with a header row; every cell must parse as a number (empty, `NA` and `nan`
 /// become NaN so that the column check reports them by row).
-pub fn read_csv(path: &Path) -> Result<Table, UsageError> {
+pub fn read_csv(path: &Path) -> Result<Table, InputError> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
         .from_path(path)
-        .map_err(|e| UsageError::new(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| InputError::new(format!("cannot read {}: {e}", path.display())))?;
     let names: Vec<String> = rdr
         .headers()
-        .map_err(|e| UsageError::new(format!("{}: bad header: {e}", path.display())))?
+        .map_err(|e| InputError::new(format!("{}: bad header: {e}", path.display())))?
         .iter()
         .map(str::to_string)
         .collect();
     let mut columns = vec![Vec::new(); names.len()];
     for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| UsageError::new(format!("{}: {e}", path.display())))?;
+        let rec = rec.map_err(|e| InputError::new(format!("{}: {e}", path.display())))?;
         for (j, cell) in rec.iter().enumerate() {
             let v = match cell {
                 "" | "NA" | "na" | "NaN" | "nan" => f64::NAN,
                 s => s.parse::<f64>().map_err(|_| {
-                    UsageError::new(format!(
+                    InputError::new(format!(
                         "{}: row {}, column '{}': '{s}' is not a number",
                         path.display(),
                         i + 2,
@@ -149,13 +149,13 @@ pub fn read_csv(path: &Path) -> Result<Table, UsageError> {
     Ok(Table { names, columns })
 }
 
-fn h5err(path: &Path, e: hdf5::Error) -> UsageError {
-    UsageError::new(format!("HDF5 {}: {e}", path.display()))
+fn h5err(path: &Path, e: hdf5::Error) -> InputError {
+    InputError::new(format!("HDF5 {}: {e}", path.display()))
 }
 
 /// Reads every top-level dataset of an HDF5 file: 1-D datasets become one column, n×k datasets
 /// become columns `name_0..name_{k-1}` (and `name` itself when k = 1).
-pub fn read_hdf5(path: &Path) -> Result<Table, UsageError> {
+pub fn read_hdf5(path: &Path) -> Result<Table, InputError> {
     let file = hdf5::File::open(path).map_err(|e| h5err(path, e))?;
     let mut t = Table::default();
     for name in file.member_names().map_err(|e| h5err(path, e))? {
@@ -185,7 +185,7 @@ pub fn read_hdf5(path: &Path) -> Result<Table, UsageError> {
     if let Some(n) = t.columns.first().map(Vec::len)
         && let Some(j) = t.columns.iter().position(|c| c.len() != n)
     {
-        return Err(UsageError::new(format!(
+        return Err(InputError::new(format!(
             "{}: dataset '{}' has {} rows, '{}' has {n}",
             path.display(),
             t.names[j],
@@ -197,9 +197,9 @@ pub fn read_hdf5(path: &Path) -> Result<Table, UsageError> {
 }
 
 /// CSV or HDF5 by extension (.csv / .h5 / .hdf5).
-pub fn read_table(path: &Path) -> Result<Table, UsageError> {
+pub fn read_table(path: &Path) -> Result<Table, InputError> {
     if !path.is_file() {
-        return Err(UsageError::new(format!(
+        return Err(InputError::new(format!(
             "data file {} does not exist",
             path.display()
         )));
@@ -207,7 +207,7 @@ pub fn read_table(path: &Path) -> Result<Table, UsageError> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => read_csv(path),
         Some("h5" | "hdf5") => read_hdf5(path),
-        _ => Err(UsageError::new(format!(
+        _ => Err(InputError::new(format!(
             "{}: unknown data format (use .csv with a header row, or .h5/.hdf5 with one dataset per column)",
             path.display()
         ))),

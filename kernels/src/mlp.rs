@@ -1,14 +1,27 @@
-//! Host kernels for the agents' small networks: batched forward, backward (to the parameters
-//! and/or the inputs) and forward-mode JVP of ReLU MLPs on flat `f64` parameters, and Adam over a
-//! flat buffer.
+//! The agents' small networks: batched forward, backward (to the parameters and/or the inputs)
+//! and forward-mode JVP of ReLU MLPs on flat `f64` parameters.
 //!
-//! Why not burn here: one agent update is a few hundred operations on `[256, 32]` tensors, where
-//! burn's per-op dispatch, allocation and graph bookkeeping cost more than the arithmetic (see the
-//! agents bench). The parameter layout is exactly `Params::to_flat` of a `funcrl_bilevel::Mlp`
+//! The parameter layout is exactly `Params::to_flat` of a `funcrl_bilevel::Mlp`
 //! (per layer W `[in, out]` row-major, then b), so checkpoints, the burn-based hypergradient
 //! methods and the autodiff oracle in `tests/native_vs_autodiff.rs` see the same numbers.
 
-use funcrl_bilevel::Mlp;
+use crate::gemm::{Threads, gemm as product};
+
+/// The agents' products: small, inside the env loop, on the calling thread.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f64],
+    ta: bool,
+    b: &[f64],
+    tb: bool,
+    c: &mut [f64],
+    beta: f64,
+) {
+    product(m, k, n, a, ta, b, tb, c, beta, Threads::One);
+}
 
 thread_local! {
     /// Backward's two row buffers, reused across calls (an update runs a dozen backwards).
@@ -38,59 +51,12 @@ impl Tape {
     }
 }
 
-/// c `[m, n]` = beta·c + a·b, all row-major; `ta`/`tb` read a (stored `[k, m]`) or b (stored
-/// `[n, k]`) transposed.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f64],
-    ta: bool,
-    b: &[f64],
-    tb: bool,
-    c: &mut [f64],
-    beta: f64,
-) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
-    let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
-    // SAFETY: the asserts above bound every index matrixmultiply reads or writes through these
-    // strides; `c` does not alias `a` or `b` (distinct borrows).
-    unsafe {
-        matrixmultiply::dgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-}
-
 impl Dense {
     pub fn new(input: usize, hidden: &[usize], output: usize) -> Self {
         let mut widths = vec![input];
         widths.extend_from_slice(hidden);
         widths.push(output);
         Self { widths }
-    }
-
-    /// The same network as a burn [`Mlp`] (ReLU hidden layers).
-    pub fn from_mlp(m: &Mlp) -> Self {
-        Self::new(m.input, &m.hidden, m.output)
     }
 
     pub fn input(&self) -> usize {
@@ -245,53 +211,10 @@ impl Dense {
     }
 }
 
-/// Adam over a flat parameter buffer, with the same arithmetic as `funcrl_bilevel::Optimizer`
-/// (no weight decay): m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p − lr·(m/c₁)/(√(v/c₂) + ε).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Adam {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub m: Vec<f64>,
-    pub v: Vec<f64>,
-    /// Steps taken.
-    pub t: i32,
-}
-
-impl Adam {
-    pub fn new(lr: f64, numel: usize) -> Self {
-        Self {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            m: vec![0.0; numel],
-            v: vec![0.0; numel],
-            t: 0,
-        }
-    }
-
-    pub fn step(&mut self, p: &mut [f64], g: &[f64]) {
-        assert!(p.len() == g.len() && p.len() == self.m.len());
-        let (b1, b2) = (self.beta1, self.beta2);
-        self.t += 1;
-        let c1 = 1.0 - b1.powi(self.t);
-        let c2 = 1.0 - b2.powi(self.t);
-        for (((p, g), m), v) in p.iter_mut().zip(g).zip(&mut self.m).zip(&mut self.v) {
-            *m = *m * b1 + g * (1.0 - b1);
-            *v = *v * b2 + g * g * (1.0 - b2);
-            let step = *m * (1.0 / c1) / ((*v * (1.0 / c2)).sqrt() + self.eps);
-            *p -= step * self.lr;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use funcrl_bilevel::{Activation, Ctx, InnerModel, Optimizer, OptimizerConfig, Precision};
-    use funcrl_bilevel::{Params, ctx::to_vec};
+    use funcrl_bilevel::{Activation, Ctx, InnerModel, Mlp, Params, Precision, ctx::to_vec};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
     fn draw(rng: &mut StdRng, n: usize) -> Vec<f64> {
@@ -320,7 +243,7 @@ mod tests {
         let ctx = Ctx::flex(Precision::F64);
         let mlp = Mlp::new(3, vec![5, 4], 2, Activation::Relu);
         let theta = mlp.init(&ctx, &mut StdRng::seed_from_u64(1));
-        let net = Dense::from_mlp(&mlp);
+        let net = Dense::new(mlp.input, &mlp.hidden, mlp.output);
         assert_eq!(net.numel(), theta.numel());
         let x = draw(&mut StdRng::seed_from_u64(2), 6 * 3);
         let want = to_vec(&mlp.forward(&theta, &ctx.tensor2(x.clone(), 6, 3)).output);
@@ -392,22 +315,51 @@ mod tests {
         }
     }
 
+    /// The oracle: burn's autodiff of Σ c ⊙ mlp(x) w.r.t. the parameters and the input equals
+    /// the kernel's backward, and the kernel's JVP satisfies ⟨J_θ u, c⟩ = ⟨u, ∇_θ Σ c ⊙ mlp(x)⟩
+    /// with burn's gradient on the right.
     #[test]
-    fn adam_matches_the_solver_optimizer() {
+    fn backward_and_jvp_match_burn_autodiff() {
         let ctx = Ctx::flex(Precision::F64);
-        let mut rng = StdRng::seed_from_u64(4);
-        let p0 = draw(&mut rng, 6);
-        let like = Params::new(vec![ctx.tensor2(p0.clone(), 2, 3)]);
-        let mut burn_opt = Optimizer::new(OptimizerConfig::adam(0.01));
-        let mut host = Adam::new(0.01, 6);
-        let (mut pb, mut ph) = (like.clone(), p0);
-        for _ in 0..5 {
-            let g = draw(&mut rng, 6);
-            pb = burn_opt.step(&pb, &like.from_flat_like(&ctx, &g));
-            host.step(&mut ph, &g);
+        let mlp = Mlp::new(4, vec![6, 5], 3, Activation::Relu);
+        let mut rng = StdRng::seed_from_u64(11);
+        let theta = mlp.init(&ctx, &mut rng);
+        let net = Dense::new(mlp.input, &mlp.hidden, mlp.output);
+        let n = 9;
+        let (x, c, u) = (
+            draw(&mut rng, n * 4),
+            draw(&mut rng, n * 3),
+            draw(&mut rng, theta.numel()),
+        );
+        // Parameters and input as one tracked set: [θ.., x].
+        let mut all = theta.0.clone();
+        all.push(ctx.tensor2(x.clone(), n, 4));
+        let tracked = Params::new(all).tracked();
+        let k = tracked.len() - 1;
+        let out = mlp
+            .forward(&Params::new(tracked.0[..k].to_vec()), &tracked.0[k])
+            .output;
+        let grads = tracked.grads(&(out * ctx.tensor2(c.clone(), n, 3)).sum().backward());
+        let want = grads.to_flat();
+        let (want_p, want_x) = want.split_at(theta.numel());
+
+        let p = theta.to_flat();
+        let mut t = Tape::default();
+        net.forward(&p, &x, n, &mut t);
+        let (mut gp, mut gx) = (vec![0.0; p.len()], vec![0.0; x.len()]);
+        net.backward(&p, &t, &c, Some(&mut gp), Some(&mut gx));
+        for (name, got, want) in [("params", &gp, want_p), ("input", &gx, want_x)] {
+            for (a, b) in got.iter().zip(want) {
+                assert!((a - b).abs() < 1e-12, "{name}: {a} vs {b}");
+            }
         }
-        for (a, b) in pb.to_flat().iter().zip(&ph) {
-            assert!((a - b).abs() < 1e-15, "{a} vs {b}");
-        }
+        // ⟨J_θ u, c⟩ = ⟨u, J_θᵀ c⟩.
+        let jv = net.jvp(&p, &u, &t);
+        let lhs: f64 = jv.iter().zip(&c).map(|(a, b)| a * b).sum();
+        let rhs: f64 = u.iter().zip(want_p).map(|(a, b)| a * b).sum();
+        assert!(
+            (lhs - rhs).abs() < 1e-12 * rhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
     }
 }

@@ -9,14 +9,14 @@
 //! centre, centre at 14 + 36·pos px in x and y. So the latent grid, the binary values, the
 //! per-latent geometry (size ∝ scale, rotation, translation) and the image count per latent are
 //! those of dSprites; individual pixels are not. f, the noise, the instrument and the confounder
-//! follow SPEC §2 exactly either way. Pass the archive for pixel-exact images.
+//! follow the protocol (docs/protocols.md) exactly either way. Pass the archive for pixel-exact images.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::config::UsageError;
-use crate::iv::data::Matrix;
-use crate::iv::generate::{dsprites_orientation, dsprites_pos, dsprites_scale};
+use crate::InputError;
+use crate::data::Matrix;
+use crate::generate::{dsprites_orientation, dsprites_pos, dsprites_scale};
 
 pub const SIDE: usize = 64;
 pub const PIXELS: usize = SIDE * SIDE;
@@ -30,9 +30,9 @@ pub enum ImageSource {
 }
 
 impl ImageSource {
-    pub fn archive(path: &Path) -> Result<Self, UsageError> {
+    pub fn archive(path: &Path) -> Result<Self, InputError> {
         if !path.is_file() {
-            return Err(UsageError::new(format!(
+            return Err(InputError::new(format!(
                 "dSprites archive {} does not exist (dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz or .hdf5)",
                 path.display()
             )));
@@ -41,7 +41,7 @@ impl ImageSource {
     }
 
     /// Heart images (values 0/1, row-major 64×64) at latent ids (scale, orientation, posX, posY).
-    pub fn images(&mut self, latents: &[[usize; 4]]) -> Result<Vec<Vec<f64>>, UsageError> {
+    pub fn images(&mut self, latents: &[[usize; 4]]) -> Result<Vec<Vec<f64>>, InputError> {
         match self {
             ImageSource::Procedural => Ok(latents.iter().map(|l| render_heart(*l)).collect()),
             ImageSource::Archive(p) => read_archive(p, latents),
@@ -87,8 +87,8 @@ struct NpyHeader {
     fortran: bool,
 }
 
-fn parse_npy_header(r: &mut impl Read, what: &str) -> Result<NpyHeader, UsageError> {
-    let bad = |m: &str| UsageError::new(format!("{what}: not a .npy file ({m})"));
+fn parse_npy_header(r: &mut impl Read, what: &str) -> Result<NpyHeader, InputError> {
+    let bad = |m: &str| InputError::new(format!("{what}: not a .npy file ({m})"));
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(|_| bad("short"))?;
     if &magic[..6] != b"\x93NUMPY" {
@@ -130,24 +130,39 @@ fn parse_npy_header(r: &mut impl Read, what: &str) -> Result<NpyHeader, UsageErr
     })
 }
 
-/// Reads a float64 2-D `.npy` (C order), e.g. data/dsprite_mat.npy (4096×10).
-pub fn load_matrix(path: &Path) -> Result<Matrix, UsageError> {
+/// The dSprites projection matrix A (4096×10 float64 `.npy`), compiled in: see `data/README.md`
+/// of this crate for its origin and checksum.
+pub const SHIPPED_MATRIX: &[u8] = include_bytes!("../data/dsprite_mat.npy");
+
+/// The shipped matrix A (4096×10).
+pub fn shipped_matrix() -> Matrix {
+    parse_matrix(&mut &SHIPPED_MATRIX[..], "the shipped dSprites matrix")
+        .expect("the shipped matrix is a valid .npy")
+}
+
+/// Reads a float64 2-D `.npy` (C order), e.g. a replacement for the dSprites matrix A.
+pub fn load_matrix(path: &Path) -> Result<Matrix, InputError> {
     let what = path.display().to_string();
     let mut f = std::fs::File::open(path)
-        .map_err(|e| UsageError::new(format!("cannot open {what}: {e} (the dSprites matrix A)")))?;
-    let h = parse_npy_header(&mut f, &what)?;
+        .map_err(|e| InputError::new(format!("cannot open {what}: {e} (the dSprites matrix A)")))?;
+    parse_matrix(&mut f, &what)
+}
+
+/// A float64 2-D C-order `.npy` from `r`; `what` names the source in errors.
+fn parse_matrix(r: &mut impl Read, what: &str) -> Result<Matrix, InputError> {
+    let h = parse_npy_header(r, what)?;
     if h.descr != "<f8" || h.fortran || h.shape.len() != 2 {
-        return Err(UsageError::new(format!(
+        return Err(InputError::new(format!(
             "{what}: expected a C-order float64 matrix, found {} {:?}",
             h.descr, h.shape
         )));
     }
     let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
-        .map_err(|e| UsageError::new(format!("{what}: {e}")))?;
+    r.read_to_end(&mut bytes)
+        .map_err(|e| InputError::new(format!("{what}: {e}")))?;
     let n = h.shape[0] * h.shape[1];
     if bytes.len() < 8 * n {
-        return Err(UsageError::new(format!("{what}: truncated")));
+        return Err(InputError::new(format!("{what}: truncated")));
     }
     let data = bytes[..8 * n]
         .chunks_exact(8)
@@ -159,12 +174,12 @@ pub fn load_matrix(path: &Path) -> Result<Matrix, UsageError> {
 /// Images from the official archive at the requested latents. Where the archive carries the latent
 /// classes (`latents_classes` in the .npz, `latents/classes` in the .hdf5), each image's row is
 /// checked against the dSprites order, so a reordered or foreign file is refused, not misread.
-fn read_archive(path: &Path, latents: &[[usize; 4]]) -> Result<Vec<Vec<f64>>, UsageError> {
+fn read_archive(path: &Path, latents: &[[usize; 4]]) -> Result<Vec<Vec<f64>>, InputError> {
     let what = path.display().to_string();
     let mut magic = [0u8; 8];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|e| UsageError::new(format!("{what}: {e}")))?;
+        .map_err(|e| InputError::new(format!("{what}: {e}")))?;
     // Sorted (archive index, request position): both formats are read front to back.
     let mut want: Vec<(usize, usize)> = latents
         .iter()
@@ -177,7 +192,7 @@ fn read_archive(path: &Path, latents: &[[usize; 4]]) -> Result<Vec<Vec<f64>>, Us
     } else if &magic == b"\x89HDF\r\n\x1a\n" {
         read_hdf5_archive(path, &what, latents, &want)
     } else {
-        Err(UsageError::new(format!(
+        Err(InputError::new(format!(
             "{what}: neither a .npz (zip) nor an HDF5 file; expected the official \
              dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz or .hdf5"
         )))
@@ -186,17 +201,17 @@ fn read_archive(path: &Path, latents: &[[usize; 4]]) -> Result<Vec<Vec<f64>>, Us
 
 const ARCHIVE_SHAPE: [usize; 3] = [737_280, 64, 64];
 
-fn wrong_shape(what: &str, found: &dyn std::fmt::Debug) -> UsageError {
-    UsageError::new(format!(
+fn wrong_shape(what: &str, found: &dyn std::fmt::Debug) -> InputError {
+    InputError::new(format!(
         "{what}: imgs is {found:?}, expected uint8 {ARCHIVE_SHAPE:?} (the official dSprites archive)"
     ))
 }
 
 /// Refuses an archive whose latent classes at `index` are not (color 0, heart 2, latents).
-fn check_classes(what: &str, index: usize, row: &[i64], l: [usize; 4]) -> Result<(), UsageError> {
+fn check_classes(what: &str, index: usize, row: &[i64], l: [usize; 4]) -> Result<(), InputError> {
     let want = [0, 2, l[0] as i64, l[1] as i64, l[2] as i64, l[3] as i64];
     if row != want {
-        return Err(UsageError::new(format!(
+        return Err(InputError::new(format!(
             "{what}: image {index} has latent classes {row:?}, expected {want:?} (color, shape, \
              scale, orientation, posX, posY; posY fastest): not the official dSprites order"
         )));
@@ -209,8 +224,8 @@ fn read_npz(
     what: &str,
     latents: &[[usize; 4]],
     want: &[(usize, usize)],
-) -> Result<Vec<Vec<f64>>, UsageError> {
-    let err = |e: &dyn std::fmt::Display| UsageError::new(format!("{what}: {e}"));
+) -> Result<Vec<Vec<f64>>, InputError> {
+    let err = |e: &dyn std::fmt::Display| InputError::new(format!("{what}: {e}"));
     let file = std::fs::File::open(path).map_err(|e| err(&e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| err(&e))?;
     let mut out = vec![Vec::new(); latents.len()];
@@ -262,12 +277,12 @@ fn read_hdf5_archive(
     what: &str,
     latents: &[[usize; 4]],
     want: &[(usize, usize)],
-) -> Result<Vec<Vec<f64>>, UsageError> {
-    let err = |e: hdf5::Error| UsageError::new(format!("{what}: {e}"));
+) -> Result<Vec<Vec<f64>>, InputError> {
+    let err = |e: hdf5::Error| InputError::new(format!("{what}: {e}"));
     let file = hdf5::File::open(path).map_err(err)?;
     let imgs = file
         .dataset("imgs")
-        .map_err(|e| UsageError::new(format!("{what}: no dataset `imgs` ({e})")))?;
+        .map_err(|e| InputError::new(format!("{what}: no dataset `imgs` ({e})")))?;
     if imgs.shape() != ARCHIVE_SHAPE {
         return Err(wrong_shape(what, &imgs.shape()));
     }
@@ -295,13 +310,12 @@ mod tests {
 
     #[test]
     fn matrix_a_is_the_shipped_one() {
-        let a = load_matrix(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/data/dsprite_mat.npy"
-        )))
-        .unwrap();
+        let a = shipped_matrix();
         assert_eq!((a.rows, a.cols), (4096, 10));
         assert!(a.data.iter().all(|v| (0.0..=1.0).contains(v)));
+        // The compiled-in copy is the file's, read through the file loader.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/dsprite_mat.npy");
+        assert_eq!(load_matrix(&path).unwrap(), a);
     }
 
     #[test]

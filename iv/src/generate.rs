@@ -1,5 +1,5 @@
 //! IV data generators: the demand design (Hartford et al. 2017, as DFIV draws it), a
-//! linear-Gaussian design with known coefficients, and dSprites IV (SPEC §2).
+//! linear-Gaussian design with known coefficients, and dSprites IV (docs/protocols.md).
 //!
 //! A generated [`IvDataset`] holds training rows (treatment, instrument, outcome) and a noise-free
 //! test set (treatment, structural f); it saves to and loads from HDF5 so a run can be repeated on
@@ -11,9 +11,9 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use crate::config::UsageError;
-use crate::iv::data::{Matrix, read_matrix, write_hdf5};
-use crate::iv::dsprites::{self, ImageSource};
+use crate::InputError;
+use crate::data::{Matrix, read_matrix, write_hdf5};
+use crate::dsprites::{self, ImageSource};
 
 /// Training rows and a noise-free test set.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,8 +45,8 @@ impl IvDataset {
     }
 
     /// Loads a dataset written by [`save`](Self::save) (the test set is optional).
-    pub fn load(path: &Path) -> Result<Self, UsageError> {
-        let err = |e: hdf5::Error| UsageError::new(format!("{}: {e}", path.display()));
+    pub fn load(path: &Path) -> Result<Self, InputError> {
+        let err = |e: hdf5::Error| InputError::new(format!("{}: {e}", path.display()));
         let file = hdf5::File::open(path).map_err(err)?;
         let get = |n: &str| read_matrix(&file, n).map_err(err);
         let opt = |n: &str, cols: usize| {
@@ -64,7 +64,7 @@ impl IvDataset {
             test_treatment: opt("test_treatment", treatment.cols)?,
             treatment,
         };
-        d.check().map_err(UsageError::new)?;
+        d.check().map_err(InputError::new)?;
         Ok(d)
     }
 
@@ -124,9 +124,9 @@ pub fn linspace(a: f64, b: f64, k: usize) -> Vec<f64> {
 /// Demand design. Draws (whole vectors, in this order): s ~ U{1..7}, t ~ U(0,10), c ~ N(0,1),
 /// v ~ N(0,1), e = ρv + N(0, 1−ρ²); p = 25 + (c+3)ψ(t) + v; y = f(p,t,s) + e.
 /// Treatment inputs (p, t, s), instruments (c, t, s); test grid p × t × s (20·20·7 = 2,800).
-pub fn demand(n: usize, rho: f64, seed: u64) -> Result<IvDataset, UsageError> {
+pub fn demand(n: usize, rho: f64, seed: u64) -> Result<IvDataset, InputError> {
     if !(0.0..=1.0).contains(&rho) {
-        return Err(UsageError::new(format!(
+        return Err(InputError::new(format!(
             "demand: rho = {rho} must be in [0, 1]"
         )));
     }
@@ -172,9 +172,9 @@ pub fn demand(n: usize, rho: f64, seed: u64) -> Result<IvDataset, UsageError> {
 /// Linear-Gaussian design with known coefficients β_j = 1 − 0.5 j (j = 0..d_t−1):
 /// z ~ N(0, I_{d_z}), u ~ N(0,1), t = zΠ + u + N(0, I), y = tβ + 2u + N(0,1).
 /// Π = 1 on the diagonal block and 0.5 elsewhere, so every treatment is instrumented.
-pub fn linear(n: usize, d_t: usize, d_z: usize, seed: u64) -> Result<IvDataset, UsageError> {
+pub fn linear(n: usize, d_t: usize, d_z: usize, seed: u64) -> Result<IvDataset, InputError> {
     if d_z < d_t {
-        return Err(UsageError::new(format!(
+        return Err(InputError::new(format!(
             "linear design: d_z = {d_z} < d_t = {d_t} is under-identified"
         )));
     }
@@ -228,7 +228,7 @@ pub fn dsprites_pos(id: usize) -> f64 {
     linspace(0.0, 1.0, 32)[id]
 }
 
-/// f(X) = (‖AᵀX‖²/10 − 5000)/1000 for a flattened 64×64 image X (SPEC §2).
+/// f(X) = (‖AᵀX‖²/10 − 5000)/1000 for a flattened 64×64 image X (docs/protocols.md).
 pub fn dsprites_f(a: &Matrix, x: &[f64]) -> f64 {
     let mut norm2 = 0.0;
     for j in 0..a.cols {
@@ -262,7 +262,7 @@ pub struct DspritesDraw {
     pub latents: Vec<[usize; 4]>,
 }
 
-/// dSprites IV (SPEC §2). Draws, in order: posX ids, posY ids, scale ids, orientation ids
+/// dSprites IV (docs/protocols.md). Draws, in order: posX ids, posY ids, scale ids, orientation ids
 /// (uniform on their grids), pixel noise N(0, 0.1²) per pixel, outcome noise N(0, 0.5²).
 /// T = image + noise, Z = (scale, orientation, posX) values, Y = f(T) + (posY_id − 16) + noise.
 pub fn dsprites(
@@ -270,7 +270,7 @@ pub fn dsprites(
     seed: u64,
     a: &Matrix,
     images: &mut ImageSource,
-) -> Result<DspritesDraw, UsageError> {
+) -> Result<DspritesDraw, InputError> {
     let mut rng = StdRng::seed_from_u64(seed);
     let px: Vec<usize> = (0..n).map(|_| rng.random_range(0..32)).collect();
     let py: Vec<usize> = (0..n).map(|_| rng.random_range(0..32)).collect();
@@ -319,8 +319,9 @@ pub enum DataConfig {
     /// procedural hearts).
     Dsprites {
         n: usize,
-        #[serde(default = "default_matrix")]
-        matrix: String,
+        /// A `.npy` to use for the projection matrix A instead of the shipped one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        matrix: Option<String>,
         #[serde(default)]
         archive: Option<String>,
     },
@@ -342,15 +343,14 @@ pub enum DataConfig {
     },
 }
 
-fn default_matrix() -> String {
-    "data/dsprite_mat.npy".into()
-}
-
 /// Builds (or loads) the dataset a config asks for.
-pub fn build(cfg: &DataConfig, seed: u64) -> Result<IvDataset, UsageError> {
+pub fn build(cfg: &DataConfig, seed: u64) -> Result<IvDataset, InputError> {
     match cfg {
         DataConfig::Dsprites { n, matrix, archive } => {
-            let a = dsprites::load_matrix(Path::new(matrix))?;
+            let a = match matrix {
+                Some(p) => dsprites::load_matrix(Path::new(p))?,
+                None => dsprites::shipped_matrix(),
+            };
             let mut src = match archive {
                 Some(p) => ImageSource::archive(Path::new(p))?,
                 None => ImageSource::Procedural,
@@ -371,18 +371,18 @@ pub fn build(cfg: &DataConfig, seed: u64) -> Result<IvDataset, UsageError> {
                 return IvDataset::load(p);
             };
             if treatment.is_empty() || instrument.is_empty() {
-                return Err(UsageError::new(
+                return Err(InputError::new(
                     "data.kind = \"file\" with an outcome column also needs data.treatment and data.instrument column lists",
                 ));
             }
             if instrument.len() + exog.len() < treatment.len() {
-                return Err(UsageError::new(format!(
+                return Err(InputError::new(format!(
                     "under-identified: {} instrument(s) for {} treatment(s)",
                     instrument.len(),
                     treatment.len()
                 )));
             }
-            let table = crate::iv::data::read_table(p)?;
+            let table = crate::data::read_table(p)?;
             let x = table.matrix(exog)?;
             // Exogenous covariates enter both networks (DFIV's convention for the demand design).
             let d = IvDataset {
@@ -464,11 +464,7 @@ mod tests {
     }
 
     fn matrix_a() -> Matrix {
-        crate::iv::dsprites::load_matrix(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/data/dsprite_mat.npy"
-        )))
-        .unwrap()
+        crate::dsprites::shipped_matrix()
     }
 
     /// f on known images: the blank image gives −5; a one-pixel image e_p gives
@@ -534,7 +530,7 @@ mod tests {
             );
         }
         // Pixel noise is N(0, 0.1²): T minus the clean image.
-        let clean = crate::iv::dsprites::render_heart(d.latents[0]);
+        let clean = crate::dsprites::render_heart(d.latents[0]);
         let noise: Vec<f64> = d
             .data
             .treatment

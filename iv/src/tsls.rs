@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::config::UsageError;
-use crate::iv::data::{Matrix, Table};
+use crate::InputError;
+use crate::data::{Matrix, Table};
 
 /// Which columns play which role.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,12 +101,12 @@ fn with_const(m: &Matrix, intercept: bool) -> Matrix {
 
 /// Fits 2SLS on the table; errors name the problem (missing column, NaN, under-identification,
 /// collinear instruments or regressors).
-pub fn fit(table: &Table, spec: &TslsSpec) -> Result<TslsFit, UsageError> {
+pub fn fit(table: &Table, spec: &TslsSpec) -> Result<TslsFit, InputError> {
     if spec.treatment.is_empty() {
-        return Err(UsageError::new("2SLS needs at least one treatment column"));
+        return Err(InputError::new("2SLS needs at least one treatment column"));
     }
     if spec.instrument.len() < spec.treatment.len() {
-        return Err(UsageError::new(format!(
+        return Err(InputError::new(format!(
             "under-identified: {} instrument(s) ({}) for {} treatment(s) ({}); 2SLS needs at least as many excluded instruments as treatments",
             spec.instrument.len(),
             spec.instrument.join(","),
@@ -120,7 +120,7 @@ pub fn fit(table: &Table, spec: &TslsSpec) -> Result<TslsFit, UsageError> {
     let z = exog.hcat(&table.matrix(&spec.instrument)?);
     let (n, k, kz) = (x.rows, x.cols, z.cols);
     if n <= k {
-        return Err(UsageError::new(format!(
+        return Err(InputError::new(format!(
             "{n} rows for {k} regressors: 2SLS needs more observations than regressors"
         )));
     }
@@ -133,7 +133,7 @@ pub fn fit(table: &Table, spec: &TslsSpec) -> Result<TslsFit, UsageError> {
 
     // First stage: Π = (ZᵀZ)⁻¹ZᵀX, X̂ = ZΠ.
     let lz = cholesky(&at_b(&z, &z), kz).ok_or_else(|| {
-        UsageError::new("the instruments (with exogenous regressors and constant) are collinear")
+        InputError::new("the instruments (with exogenous regressors and constant) are collinear")
     })?;
     let mut pi = at_b(&z, &x);
     chol_solve(&lz, kz, &mut pi, k);
@@ -145,7 +145,7 @@ pub fn fit(table: &Table, spec: &TslsSpec) -> Result<TslsFit, UsageError> {
         }
     }
     let lx = cholesky(&at_b(&xhat, &xhat), k).ok_or_else(|| {
-        UsageError::new(
+        InputError::new(
             "under-identified: the instruments do not move the treatments independently (rank-deficient first stage)",
         )
     })?;
