@@ -283,6 +283,20 @@ impl Agent {
         (s2, tapes[1].output().to_vec())
     }
 
+    /// ∇_ω of a loss given its gradients w.r.t. the next-state head's output (`ds`) and the
+    /// reward head's (`dr`), from the tapes of [`Agent::model_forward`] (then recycled).
+    pub(crate) fn model_param_grad(&self, tapes: [Tape; 2], ds: &[f64], dr: &[f64]) -> Vec<f64> {
+        let ks = self.sd.numel();
+        let mut g = vec![0.0; self.omega.len()];
+        let (gs, gr) = g.split_at_mut(ks);
+        self.sd
+            .backward(&self.omega[..ks], &tapes[0], ds, Some(gs), None);
+        self.rd
+            .backward(&self.omega[ks..], &tapes[1], dr, Some(gr), None);
+        self.recycle(tapes);
+        g
+    }
+
     /// ∇_ω Σ_b c_b·y_ω,b with y_ω = r_ω + γ·m·V̄(s'_ω) (V̄ at the real s' unless `through`): the
     /// model gradient of FuncID (c from the closed-form adjoint) and OMD (c from a JVP).
     pub(crate) fn model_target_vjp(

@@ -18,7 +18,6 @@ impl LearningRule for Mle {
         let batch = step.batch;
         let n = batch.len();
         let nf = n as f64;
-        let ks = agent.sd.numel();
         let mut mt = agent.tapes();
         let (s2, r) = agent.model_forward(batch, step.x, &mut mt);
         let s = agent.obs_dim;
@@ -36,15 +35,9 @@ impl LearningRule for Mle {
             dr[b] = w * e / nf;
             loss += (sq + e * e) * w;
         }
-        let mut g = vec![0.0; agent.omega.len()];
-        let (gs, gr) = g.split_at_mut(ks);
-        agent
-            .sd
-            .backward(&agent.omega[..ks], &mt[0], &ds, Some(gs), None);
-        agent
-            .rd
-            .backward(&agent.omega[ks..], &mt[1], &dr, Some(gr), None);
-        agent.recycle(mt);
-        (Some(g), loss * (0.5 / nf))
+        (
+            Some(agent.model_param_grad(mt, &ds, &dr)),
+            loss * (0.5 / nf),
+        )
     }
 }

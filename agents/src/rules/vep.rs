@@ -50,7 +50,6 @@ impl LearningRule for Vep {
         let batch = step.batch;
         let n = batch.len();
         let nf = n as f64;
-        let ks = agent.sd.numel();
         let mut mt = agent.tapes();
         let (s2, r) = agent.model_forward(batch, step.x, &mut mt);
         let (s, g) = (agent.obs_dim, agent.cfg.q.gamma);
@@ -78,16 +77,7 @@ impl LearningRule for Vep {
                 *p += q;
             }
         }
-        let mut gw = vec![0.0; agent.omega.len()];
-        let (gs, gr) = gw.split_at_mut(ks);
-        agent
-            .sd
-            .backward(&agent.omega[..ks], &mt[0], &ds, Some(gs), None);
-        agent
-            .rd
-            .backward(&agent.omega[ks..], &mt[1], &dr, Some(gr), None);
-        agent.recycle(mt);
         agent.recycle([tm, tr]);
-        (Some(gw), loss)
+        (Some(agent.model_param_grad(mt, &ds, &dr)), loss)
     }
 }
