@@ -248,6 +248,17 @@ pub fn read_matrix(file: &hdf5::File, name: &str) -> hdf5::Result<Matrix> {
     Ok(Matrix::new(rows, cols, data))
 }
 
+/// `linspace(a, b, k)` as numpy writes it.
+pub fn linspace(a: f64, b: f64, k: usize) -> Vec<f64> {
+    if k == 1 {
+        return vec![a];
+    }
+    let step = (b - a) / (k - 1) as f64;
+    (0..k)
+        .map(|i| if i == k - 1 { b } else { a + step * i as f64 })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

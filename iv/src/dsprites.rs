@@ -15,8 +15,18 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::InputError;
-use crate::data::Matrix;
-use crate::generate::{dsprites_orientation, dsprites_pos, dsprites_scale};
+use crate::data::{Matrix, linspace};
+
+/// dSprites latent grid values (dSprites' `latents_values`): scale, orientation, posX, posY.
+pub fn dsprites_scale(id: usize) -> f64 {
+    linspace(0.5, 1.0, 6)[id]
+}
+pub fn dsprites_orientation(id: usize) -> f64 {
+    linspace(0.0, 2.0 * std::f64::consts::PI, 40)[id]
+}
+pub fn dsprites_pos(id: usize) -> f64 {
+    linspace(0.0, 1.0, 32)[id]
+}
 
 pub const SIDE: usize = 64;
 pub const PIXELS: usize = SIDE * SIDE;

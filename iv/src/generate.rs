@@ -12,8 +12,8 @@ use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 use crate::InputError;
-use crate::data::{Matrix, read_matrix, write_hdf5};
-use crate::dsprites::{self, ImageSource};
+use crate::data::{Matrix, linspace, read_matrix, write_hdf5};
+use crate::dsprites::{self, ImageSource, dsprites_orientation, dsprites_pos, dsprites_scale};
 
 /// Training rows and a noise-free test set.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,17 +110,6 @@ pub fn demand_f(p: f64, t: f64, s: f64) -> f64 {
     100.0 + (10.0 + p) * s * demand_psi(t) - 2.0 * p
 }
 
-/// `linspace(a, b, k)` as numpy writes it.
-pub fn linspace(a: f64, b: f64, k: usize) -> Vec<f64> {
-    if k == 1 {
-        return vec![a];
-    }
-    let step = (b - a) / (k - 1) as f64;
-    (0..k)
-        .map(|i| if i == k - 1 { b } else { a + step * i as f64 })
-        .collect()
-}
-
 /// Demand design. Draws (whole vectors, in this order): s ~ U{1..7}, t ~ U(0,10), c ~ N(0,1),
 /// v ~ N(0,1), e = ρv + N(0, 1−ρ²); p = 25 + (c+3)ψ(t) + v; y = f(p,t,s) + e.
 /// Treatment inputs (p, t, s), instruments (c, t, s); test grid p × t × s (20·20·7 = 2,800).
@@ -215,17 +204,6 @@ pub fn linear(n: usize, d_t: usize, d_z: usize, seed: u64) -> Result<IvDataset, 
 /// The linear design's structural coefficients.
 pub fn linear_beta(d_t: usize) -> Vec<f64> {
     (0..d_t).map(|j| 1.0 - 0.5 * j as f64).collect()
-}
-
-/// dSprites latent grid values (dSprites' `latents_values`): scale, orientation, posX, posY.
-pub fn dsprites_scale(id: usize) -> f64 {
-    linspace(0.5, 1.0, 6)[id]
-}
-pub fn dsprites_orientation(id: usize) -> f64 {
-    linspace(0.0, 2.0 * std::f64::consts::PI, 40)[id]
-}
-pub fn dsprites_pos(id: usize) -> f64 {
-    linspace(0.0, 1.0, 32)[id]
 }
 
 /// f(X) = (‖AᵀX‖²/10 − 5000)/1000 for a flattened 64×64 image X (docs/protocols.md).
