@@ -5,23 +5,7 @@
 //! (per layer W `[in, out]` row-major, then b), so checkpoints, the burn-based hypergradient
 //! methods and the autodiff oracle in `tests/native_vs_autodiff.rs` see the same numbers.
 
-use crate::gemm::{Threads, gemm as product};
-
-/// The agents' products: small, inside the env loop, on the calling thread.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f64],
-    ta: bool,
-    b: &[f64],
-    tb: bool,
-    c: &mut [f64],
-    beta: f64,
-) {
-    product(m, k, n, a, ta, b, tb, c, beta, Threads::One);
-}
+use crate::gemm::{Threads, gemm};
 
 thread_local! {
     /// Backward's two row buffers, reused across calls (an update runs a dozen backwards).
@@ -109,7 +93,18 @@ impl Dense {
             for _ in 0..n {
                 out.extend_from_slice(&p[b..b + o]);
             }
-            gemm(n, i, o, &prev[l], false, &p[w..w + i * o], false, out, 1.0);
+            gemm(
+                n,
+                i,
+                o,
+                &prev[l],
+                false,
+                &p[w..w + i * o],
+                false,
+                out,
+                1.0,
+                Threads::One,
+            );
             if l + 1 < layers {
                 for v in out.iter_mut() {
                     *v = v.max(0.0);
@@ -139,7 +134,18 @@ impl Dense {
                 let (i, o, w, b) = self.layer(l);
                 let h_in = &tape.h[l];
                 if let Some(gr) = grad.as_deref_mut() {
-                    gemm(i, n, o, h_in, true, g, false, &mut gr[w..w + i * o], 1.0);
+                    gemm(
+                        i,
+                        n,
+                        o,
+                        h_in,
+                        true,
+                        g,
+                        false,
+                        &mut gr[w..w + i * o],
+                        1.0,
+                        Threads::One,
+                    );
                     let db = &mut gr[b..b + o];
                     for row in g.chunks_exact(o) {
                         for (d, v) in db.iter_mut().zip(row) {
@@ -150,12 +156,34 @@ impl Dense {
                 if l == 0 {
                     if let Some(dx) = dx.as_deref_mut() {
                         assert_eq!(dx.len(), n * i);
-                        gemm(n, o, i, g, false, &p[w..w + i * o], true, dx, 0.0);
+                        gemm(
+                            n,
+                            o,
+                            i,
+                            g,
+                            false,
+                            &p[w..w + i * o],
+                            true,
+                            dx,
+                            0.0,
+                            Threads::One,
+                        );
                     }
                     break;
                 }
                 dh.resize(n * i, 0.0);
-                gemm(n, o, i, g, false, &p[w..w + i * o], true, dh, 0.0);
+                gemm(
+                    n,
+                    o,
+                    i,
+                    g,
+                    false,
+                    &p[w..w + i * o],
+                    true,
+                    dh,
+                    0.0,
+                    Threads::One,
+                );
                 // ReLU: h = max(z, 0) passes the gradient where z > 0, i.e. where h > 0
                 // (a select, not a branch: half the units are off).
                 for (d, h) in dh.iter_mut().zip(h_in) {
@@ -189,9 +217,21 @@ impl Dense {
                 false,
                 &mut dz,
                 1.0,
+                Threads::One,
             );
             if l > 0 {
-                gemm(n, i, o, &t, false, &p[w..w + i * o], false, &mut dz, 1.0);
+                gemm(
+                    n,
+                    i,
+                    o,
+                    &t,
+                    false,
+                    &p[w..w + i * o],
+                    false,
+                    &mut dz,
+                    1.0,
+                    Threads::One,
+                );
             }
             if l + 1 < layers {
                 for (d, h) in dz.iter_mut().zip(&tape.h[l + 1]) {

@@ -11,13 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::gemm::{Threads, gemm as product};
-
-/// The IV networks' products: up to 2,500×4096·4096×1024, split over the pool when large.
-#[allow(clippy::too_many_arguments)]
-fn gemm(m: usize, k: usize, n: usize, a: &[f64], ta: bool, b: &[f64], tb: bool, c: &mut [f64]) {
-    product(m, k, n, a, ta, b, tb, c, 0.0, Threads::Pool);
-}
+use crate::gemm::{Threads, gemm};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -180,7 +174,7 @@ impl HostNet {
                 (Some(u), true) => {
                     // v = uW/‖uW‖, σ̂ = (uW)·v: the order of Net::weight's operations.
                     let mut uw = vec![0.0; o];
-                    gemm(1, i, o, u, false, &w, false, &mut uw);
+                    gemm(1, i, o, u, false, &w, false, &mut uw, 0.0, Threads::Pool);
                     let norm = uw.iter().map(|x| x * x).sum::<f64>().sqrt();
                     let v: Vec<f64> = uw.iter().map(|x| x / norm).collect();
                     let sigma = uw.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
@@ -220,7 +214,18 @@ impl HostNet {
         for (layer, spec) in self.layers.iter().zip(&self.specs) {
             let o = layer.o;
             let mut z = vec![0.0; n * o];
-            gemm(n, layer.i, o, &h, false, &layer.w, false, &mut z);
+            gemm(
+                n,
+                layer.i,
+                o,
+                &h,
+                false,
+                &layer.w,
+                false,
+                &mut z,
+                0.0,
+                Threads::Pool,
+            );
             for row in z.chunks_exact_mut(o) {
                 row.iter_mut().zip(&layer.b).for_each(|(y, b)| *y += b);
             }
@@ -258,6 +263,8 @@ impl HostNet {
             &self.head_w,
             false,
             &mut output,
+            0.0,
+            Threads::Pool,
         );
         for row in output.chunks_exact_mut(self.head) {
             row.iter_mut().zip(&self.head_b).for_each(|(y, b)| *y += b);
@@ -285,6 +292,8 @@ impl HostNet {
             g,
             false,
             &mut d_head_w,
+            0.0,
+            Threads::Pool,
         );
         let d_head_b = col_sums(g, self.head);
         let mut grad = vec![0.0; n * self.features];
@@ -297,6 +306,8 @@ impl HostNet {
             &self.head_w,
             true,
             &mut grad,
+            0.0,
+            Threads::Pool,
         );
 
         let mut out: Vec<Vec<(Vec<f64>, usize, usize)>> = Vec::with_capacity(self.layers.len());
@@ -326,10 +337,32 @@ impl HostNet {
             norm_back(&mut grad, false);
             let db = col_sums(&grad, o);
             let mut dw = vec![0.0; i * o];
-            gemm(i, n, o, &t.input, true, &grad, false, &mut dw);
+            gemm(
+                i,
+                n,
+                o,
+                &t.input,
+                true,
+                &grad,
+                false,
+                &mut dw,
+                0.0,
+                Threads::Pool,
+            );
             if l > 0 {
                 let mut below = vec![0.0; n * i];
-                gemm(n, o, i, &grad, false, &layer.w, true, &mut below);
+                gemm(
+                    n,
+                    o,
+                    i,
+                    &grad,
+                    false,
+                    &layer.w,
+                    true,
+                    &mut below,
+                    0.0,
+                    Threads::Pool,
+                );
                 grad = below;
             }
             if let Some((sigma, u, v)) = &layer.spectral {
