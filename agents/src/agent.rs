@@ -3,12 +3,12 @@
 //! Polyak, then the outer loss on real data); they differ only in the model step, which each rule
 //! computes in its own file under [`rules`](crate::rules).
 
-use funcrl_bilevel::{Ctx, InnerModel, Mlp, Params};
+use funcrl_bilevel::{Ctx, Mlp, Params};
 use rand::{RngExt, rngs::StdRng};
 
 use std::cell::RefCell;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, PolicyQ};
 use crate::nets::{DoubleQ, Predict, WorldModel};
 use crate::problem::BatchTensors;
 use crate::replay::Batch;
@@ -101,6 +101,17 @@ fn soft_values(q1: &[f64], q2: &[f64], a: usize, alpha: f64) -> (Vec<f64>, Vec<f
     (v, d1, d2)
 }
 
+/// The Q the policy softmaxes: min(Q₁, Q₂) or ½(Q₁ + Q₂), per action.
+fn policy_q(q1: &[f64], q2: &[f64], policy: PolicyQ) -> Vec<f64> {
+    q1.iter()
+        .zip(q2)
+        .map(|(a, b)| match policy {
+            PolicyQ::Min => a.min(*b),
+            PolicyQ::Mean => 0.5 * (a + b),
+        })
+        .collect()
+}
+
 /// ½·mean_b w_b Σᵢ (Qᵢ(s_b, a_b) − y_b)² and its gradient w.r.t. each network's output.
 fn q_loss_grad(
     tapes: &[Tape; 2],
@@ -134,7 +145,7 @@ impl Agent {
     pub fn new(cfg: AgentConfig, obs_dim: usize, n_actions: usize, rng: &mut StdRng) -> Self {
         let ctx = Ctx::flex(cfg.precision);
         let qnet = DoubleQ::new(obs_dim, cfg.q.hidden.clone(), n_actions);
-        let q_like = qnet.init(&ctx, rng);
+        let q_like = qnet.init_with(cfg.q.init.scheme(), &ctx, rng);
         if let Some(v) = &cfg.action_values {
             assert_eq!(v.len(), n_actions, "one value per action");
         }
@@ -149,8 +160,8 @@ impl Agent {
             cfg.model.hidden.clone(),
             cfg.model.predict,
         );
-        let omega_like = model.init(&ctx, rng);
-        let rule = rules::build(&cfg.learning, &ctx, obs_dim, rng);
+        let omega_like = model.init_with(cfg.model.init.scheme(), &ctx, rng);
+        let rule = rules::build(&cfg.learning, &ctx, obs_dim, cfg.q.init.scheme(), rng);
         let q = q_like.to_flat();
         let omega = omega_like.to_flat();
         Self {
@@ -378,6 +389,9 @@ impl Agent {
         self.q_forward(&self.q, &batch.obs, n, &mut tapes);
         let (q_loss, dq) = q_loss_grad(&tapes, &acts, &y_in, &w_in, na);
         let grad = self.q_param_grad(&tapes, &dq);
+        if self.cfg.q.reset_optimizer {
+            self.q_opt = Adam::new(self.cfg.q.lr, self.q.len());
+        }
         self.q_opt.step(&mut self.q, &grad);
         let tau = self.cfg.q.tau;
         for (t, q) in self.q_target.iter_mut().zip(&self.q) {
@@ -423,8 +437,8 @@ impl Agent {
         )
     }
 
-    /// ε-greedy around softmax(min(Q₁,Q₂)/α): with probability ε a uniform action, else a draw
-    /// from the softmax. Evaluation passes ε = 0.
+    /// ε-greedy around softmax(Q/α) with Q = min(Q₁,Q₂) or ½(Q₁+Q₂) (`q.policy`): with
+    /// probability ε a uniform action, else a draw from the softmax. Evaluation passes ε = 0.
     pub fn act(&self, obs: &[f64], epsilon: f64, rng: &mut StdRng) -> usize {
         if epsilon > 0.0 && rng.random::<f64>() < epsilon {
             return rng.random_range(0..self.n_actions);
@@ -432,7 +446,7 @@ impl Agent {
         let k = self.qd.numel();
         let q1 = self.qd.forward_one(&self.q[..k], obs);
         let q2 = self.qd.forward_one(&self.q[k..], obs);
-        let m: Vec<f64> = q1.iter().zip(&q2).map(|(a, b)| a.min(*b)).collect();
+        let m = policy_q(&q1, &q2, self.cfg.q.policy);
         sample_index(&softmax_policy(&m, self.cfg.q.alpha), rng.random::<f64>())
     }
 }

@@ -1,6 +1,6 @@
 //! Agent settings: the Q-function, the world model, and how the model is learned.
 
-use funcrl_bilevel::Precision;
+use funcrl_bilevel::{Init, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::nets::Predict;
@@ -87,6 +87,38 @@ impl ModelLearning {
     }
 }
 
+/// How a network's parameters are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NetInit {
+    /// PyTorch's default, U(±1/√fan_in) weights and biases (this project's default).
+    #[default]
+    Uniform,
+    /// The reference code's: orthogonal weights with gain √2 on hidden layers and 1e-2 on the
+    /// output layer, zero biases, so a fresh network outputs ≈ 0 (a fresh model predicts s′ ≈ 0).
+    Orthogonal,
+}
+
+impl NetInit {
+    pub fn scheme(self) -> Init {
+        match self {
+            NetInit::Uniform => Init::Uniform,
+            NetInit::Orthogonal => Init::reference_orthogonal(),
+        }
+    }
+}
+
+/// Which function of the two Q-networks the behaviour and evaluation policy softmaxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyQ {
+    /// softmax(min(Q₁, Q₂)/α): the same pessimistic Q as the target V̄ (this project's default).
+    #[default]
+    Min,
+    /// softmax(½(Q₁ + Q₂)/α): the reference code's policy.
+    Mean,
+}
+
 fn d_q_hidden() -> Vec<usize> {
     vec![32, 32]
 }
@@ -128,6 +160,17 @@ pub struct QConfig {
     /// Behaviour: uniform action with probability ε, else a draw from softmax(Q/α).
     #[serde(default = "d_eps")]
     pub epsilon: f64,
+    /// Initialisation of both Q-networks (and of VEP's value functions).
+    #[serde(default)]
+    pub init: NetInit,
+    /// Re-initialise the Q optimiser's Adam state before every update's Q step (the reference
+    /// code does for FuncID and OMD, whose inner solver restarts at each outer step; its MLE and
+    /// VEP keep the state). Default false.
+    #[serde(default)]
+    pub reset_optimizer: bool,
+    /// The policy's Q: `min` (default) or `mean` (the reference code's) of the two networks.
+    #[serde(default)]
+    pub policy: PolicyQ,
 }
 
 impl Default for QConfig {
@@ -139,6 +182,9 @@ impl Default for QConfig {
             gamma: d_gamma(),
             alpha: d_alpha(),
             epsilon: d_eps(),
+            init: NetInit::default(),
+            reset_optimizer: false,
+            policy: PolicyQ::default(),
         }
     }
 }
@@ -153,6 +199,9 @@ pub struct ModelConfig {
     pub predict: Predict,
     #[serde(default = "d_lr")]
     pub lr: f64,
+    /// Initialisation of both heads (`orthogonal`: the reference code's).
+    #[serde(default)]
+    pub init: NetInit,
 }
 
 impl Default for ModelConfig {
@@ -161,6 +210,7 @@ impl Default for ModelConfig {
             hidden: d_model_hidden(),
             predict: Predict::default(),
             lr: d_lr(),
+            init: NetInit::default(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! their parameter layout).
 
 use burn::tensor::Tensor;
-use funcrl_bilevel::{Activation, Ctx, Forward, InnerModel, Mlp, Params};
+use funcrl_bilevel::{Activation, Ctx, Forward, Init, InnerModel, Mlp, Params};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
@@ -38,8 +38,12 @@ impl WorldModel {
     }
 
     pub fn init(&self, ctx: &Ctx, rng: &mut StdRng) -> Params {
-        let mut p = self.state_net.init(ctx, rng).0;
-        p.extend(self.reward_net.init(ctx, rng).0);
+        self.init_with(Init::Uniform, ctx, rng)
+    }
+
+    pub fn init_with(&self, scheme: Init, ctx: &Ctx, rng: &mut StdRng) -> Params {
+        let mut p = self.state_net.init_with(scheme, ctx, rng).0;
+        p.extend(self.reward_net.init_with(scheme, ctx, rng).0);
         Params::new(p)
     }
 
@@ -89,6 +93,13 @@ impl DoubleQ {
         )
     }
 
+    /// Both networks drawn by `scheme`, Q₁'s first.
+    pub fn init_with(&self, scheme: Init, ctx: &Ctx, rng: &mut StdRng) -> Params {
+        let mut p = self.net.init_with(scheme, ctx, rng).0;
+        p.extend(self.net.init_with(scheme, ctx, rng).0);
+        Params::new(p)
+    }
+
     /// (Q₁(s, ·), Q₂(s, ·)), each `[B, A]`.
     pub fn pair(&self, theta: &Params, s: &Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         let (a, b) = self.split(theta);
@@ -101,9 +112,7 @@ impl DoubleQ {
 
 impl InnerModel for DoubleQ {
     fn init(&self, ctx: &Ctx, rng: &mut StdRng) -> Params {
-        let mut p = self.net.init(ctx, rng).0;
-        p.extend(self.net.init(ctx, rng).0);
-        Params::new(p)
+        self.init_with(Init::Uniform, ctx, rng)
     }
 
     fn forward(&self, theta: &Params, x: &Tensor<2>) -> Forward {

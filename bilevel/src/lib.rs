@@ -23,7 +23,7 @@ pub use driver::{OuterLog, Solver, SolverConfig};
 pub use error::BilevelError;
 pub use inner::InnerConfig;
 pub use methods::{HyperInput, Hypergradient, HypergradientMethod, LinearSolver, MethodConfig};
-pub use model::{Activation, Forward, InnerModel, Mlp};
+pub use model::{Activation, Forward, Init, InnerModel, Mlp};
 pub use optim::{Optimizer, OptimizerConfig};
 pub use params::Params;
 pub use problem::{BilevelProblem, check_inner_grad_v, inner_hvp_v};

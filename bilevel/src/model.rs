@@ -44,6 +44,62 @@ pub enum Activation {
     Tanh,
 }
 
+/// How an [`Mlp`]'s parameters are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    /// PyTorch's default: weights and biases U(±1/√fan_in).
+    #[default]
+    Uniform,
+    /// (Semi-)orthogonal weights scaled by `hidden_gain` (hidden layers) or `final_gain` (the
+    /// output layer), zero biases: haiku's `Orthogonal` initialiser as the model-based RL
+    /// reference code uses it (gains √2 and 1e-2), so a fresh network outputs ≈ 0.
+    Orthogonal { hidden_gain: f64, final_gain: f64 },
+}
+
+impl Init {
+    /// The reference code's orthogonal scheme: gain √2 on hidden layers, 1e-2 on the output.
+    pub fn reference_orthogonal() -> Self {
+        Init::Orthogonal {
+            hidden_gain: std::f64::consts::SQRT_2,
+            final_gain: 1e-2,
+        }
+    }
+}
+
+/// A `rows × cols` matrix (row-major) with orthonormal columns when rows ≥ cols, orthonormal rows
+/// otherwise, times `gain`: Gram–Schmidt (done twice, for round-off) on a Gaussian draw, whose
+/// result is Haar-distributed like QR with the sign fix that haiku and PyTorch apply.
+pub fn orthogonal(rows: usize, cols: usize, gain: f64, rng: &mut StdRng) -> Vec<f64> {
+    use rand_distr::{Distribution, StandardNormal};
+    let (long, short) = (rows.max(cols), rows.min(cols));
+    // `short` orthonormal vectors of length `long`.
+    let mut q: Vec<Vec<f64>> = Vec::with_capacity(short);
+    while q.len() < short {
+        let mut v: Vec<f64> = (0..long).map(|_| StandardNormal.sample(rng)).collect();
+        for _ in 0..2 {
+            for u in &q {
+                let d: f64 = u.iter().zip(&v).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(x, y)| *x -= d * y);
+            }
+        }
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        // A (measure-zero) dependent draw is drawn again.
+        if n > 1e-10 {
+            q.push(v.into_iter().map(|x| x / n).collect());
+        }
+    }
+    let mut w = vec![0.0; rows * cols];
+    for (k, u) in q.iter().enumerate() {
+        for (i, x) in u.iter().enumerate() {
+            // Columns when rows ≥ cols, rows otherwise.
+            let (r, c) = if rows >= cols { (i, k) } else { (k, i) };
+            w[r * cols + c] = x * gain;
+        }
+    }
+    w
+}
+
 /// A multilayer perceptron. With no hidden layers the features are the inputs themselves and the
 /// model is linear (the setting of the linear-quadratic oracles).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,22 +131,42 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// Parameters drawn by `scheme` (`[fan_in, fan_out]` weights, `[1, fan_out]` biases).
+    pub fn init_with(&self, scheme: Init, ctx: &Ctx, rng: &mut StdRng) -> Params {
+        let w = self.widths();
+        let last = w.len() - 2;
+        let mut out = Vec::new();
+        for l in 0..=last {
+            let (weights, bias) = match scheme {
+                Init::Uniform => {
+                    let bound = 1.0 / (w[l] as f64).sqrt();
+                    let mut draw = |n: usize| -> Vec<f64> {
+                        (0..n)
+                            .map(|_| bound * (2.0 * rng.random::<f64>() - 1.0))
+                            .collect()
+                    };
+                    (draw(w[l] * w[l + 1]), draw(w[l + 1]))
+                }
+                Init::Orthogonal {
+                    hidden_gain,
+                    final_gain,
+                } => {
+                    let g = if l == last { final_gain } else { hidden_gain };
+                    (orthogonal(w[l], w[l + 1], g, rng), vec![0.0; w[l + 1]])
+                }
+            };
+            out.push(ctx.tensor2(weights, w[l], w[l + 1]));
+            out.push(ctx.tensor2(bias, 1, w[l + 1]));
+        }
+        Params::new(out)
+    }
+}
+
 impl InnerModel for Mlp {
     /// PyTorch's default: weights and biases U(±1/√fan_in).
     fn init(&self, ctx: &Ctx, rng: &mut StdRng) -> Params {
-        let w = self.widths();
-        let mut out = Vec::new();
-        for l in 0..w.len() - 1 {
-            let bound = 1.0 / (w[l] as f64).sqrt();
-            let mut draw = |n: usize| -> Vec<f64> {
-                (0..n)
-                    .map(|_| bound * (2.0 * rng.random::<f64>() - 1.0))
-                    .collect()
-            };
-            out.push(ctx.tensor2(draw(w[l] * w[l + 1]), w[l], w[l + 1]));
-            out.push(ctx.tensor2(draw(w[l + 1]), 1, w[l + 1]));
-        }
-        Params::new(out)
+        self.init_with(Init::Uniform, ctx, rng)
     }
 
     fn forward(&self, theta: &Params, x: &Tensor<2>) -> Forward {
@@ -140,6 +216,40 @@ mod tests {
             to_vec(&m.forward(&theta, &x).output),
             vec![2.0 - 3.0 + 0.5, -2.0 + 0.5]
         );
+    }
+
+    /// WᵀW = g²I (orthonormal columns, g the layer's gain) when fan_in ≥ fan_out, WWᵀ = g²I
+    /// otherwise; biases zero.
+    #[test]
+    fn orthogonal_init_is_orthogonal_with_the_gains() {
+        let ctx = Ctx::from_env(Precision::F64);
+        let m = Mlp::new(6, vec![32, 3], 2, Activation::Relu);
+        let theta = m.init_with(
+            Init::reference_orthogonal(),
+            &ctx,
+            &mut StdRng::seed_from_u64(3),
+        );
+        let dims = [(6, 32), (32, 3), (3, 2)];
+        let gains = [2f64.sqrt(), 2f64.sqrt(), 1e-2];
+        for (l, ((r, c), g)) in dims.iter().zip(gains).enumerate() {
+            let w = to_vec(&theta.0[2 * l]);
+            assert!(to_vec(&theta.0[2 * l + 1]).iter().all(|&b| b == 0.0));
+            let k = (*r).min(*c);
+            for i in 0..k {
+                for j in 0..k {
+                    let dot: f64 = if r >= c {
+                        (0..*r).map(|t| w[t * c + i] * w[t * c + j]).sum()
+                    } else {
+                        (0..*c).map(|t| w[i * c + t] * w[j * c + t]).sum()
+                    };
+                    let want = if i == j { g * g } else { 0.0 };
+                    assert!(
+                        (dot - want).abs() < 1e-12 * g * g.max(1.0),
+                        "layer {l} ({i},{j}): {dot}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

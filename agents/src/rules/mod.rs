@@ -11,7 +11,7 @@ mod vep;
 
 pub use vep::Vep;
 
-use funcrl_bilevel::{Ctx, HyperInput, HypergradientMethod, MethodConfig, OptimizerConfig};
+use funcrl_bilevel::{Ctx, HyperInput, HypergradientMethod, Init, MethodConfig, OptimizerConfig};
 use rand::rngs::StdRng;
 
 use crate::agent::Agent;
@@ -66,6 +66,7 @@ pub fn build(
     learning: &ModelLearning,
     ctx: &Ctx,
     obs_dim: usize,
+    value_init: Init,
     rng: &mut StdRng,
 ) -> Box<dyn LearningRule> {
     let solver = solver_method(learning);
@@ -73,7 +74,7 @@ pub fn build(
         ModelLearning::Mle => Box::new(mle::Mle),
         ModelLearning::Modelfree => Box::new(modelfree::Modelfree),
         ModelLearning::Vep { functions, hidden } => {
-            Box::new(Vep::new(ctx, obs_dim, *functions, hidden, rng))
+            Box::new(Vep::new(ctx, obs_dim, *functions, hidden, value_init, rng))
         }
         ModelLearning::Funcid { mode, .. } => Box::new(funcid::Funcid {
             mode: *mode,

@@ -1,7 +1,7 @@
 //! VEP: value equivalence with fixed random value functions V_k — the model's Bellman backup
 //! r̂ + γ·m·V_k(ŝ′) matches the real r + γ·m·V_k(s′) for every k.
 
-use funcrl_bilevel::{Activation, Ctx, InnerModel, Mlp};
+use funcrl_bilevel::{Activation, Ctx, Init, Mlp};
 use funcrl_kernels::Dense;
 use rand::rngs::StdRng;
 
@@ -22,11 +22,12 @@ impl Vep {
         obs_dim: usize,
         functions: usize,
         hidden: &[usize],
+        init: Init,
         rng: &mut StdRng,
     ) -> Self {
         let net = Mlp::new(obs_dim, hidden.to_vec(), 1, Activation::Relu);
         let values = (0..functions)
-            .map(|_| net.init(ctx, rng).to_flat())
+            .map(|_| net.init_with(init, ctx, rng).to_flat())
             .collect();
         Self {
             kernel: dense(&net),
