@@ -443,11 +443,15 @@ impl Agent {
         if epsilon > 0.0 && rng.random::<f64>() < epsilon {
             return rng.random_range(0..self.n_actions);
         }
+        sample_index(&self.policy(obs), rng.random::<f64>())
+    }
+
+    /// The softmax policy's action probabilities at `obs` (no ε).
+    pub fn policy(&self, obs: &[f64]) -> Vec<f64> {
         let k = self.qd.numel();
         let q1 = self.qd.forward_one(&self.q[..k], obs);
         let q2 = self.qd.forward_one(&self.q[k..], obs);
-        let m = policy_q(&q1, &q2, self.cfg.q.policy);
-        sample_index(&softmax_policy(&m, self.cfg.q.alpha), rng.random::<f64>())
+        softmax_policy(&policy_q(&q1, &q2, self.cfg.q.policy), self.cfg.q.alpha)
     }
 }
 
@@ -455,6 +459,46 @@ impl Agent {
 mod tests {
     use super::*;
     use crate::targets::soft_value_double;
+
+    /// The policy against softmax(Q/α) computed by hand from each network's output, for both
+    /// choices of Q.
+    #[test]
+    fn policy_softmaxes_the_min_or_the_mean_of_the_two_q_networks() {
+        use crate::config::{ModelLearning, QConfig};
+        use rand::SeedableRng;
+        for policy in [PolicyQ::Min, PolicyQ::Mean] {
+            let cfg = AgentConfig {
+                learning: ModelLearning::Mle,
+                q: QConfig {
+                    hidden: vec![8],
+                    alpha: 0.5,
+                    policy,
+                    ..QConfig::default()
+                },
+                model: Default::default(),
+                precision: funcrl_bilevel::Precision::F64,
+                action_values: None,
+            };
+            let agent = Agent::new(cfg, 4, 3, &mut StdRng::seed_from_u64(1));
+            let obs = [0.3, -1.2, 0.8, 2.0];
+            let k = agent.qd.numel();
+            let (q1, q2) = (
+                agent.qd.forward_one(&agent.q[..k], &obs),
+                agent.qd.forward_one(&agent.q[k..], &obs),
+            );
+            assert!(q1.iter().zip(&q2).any(|(a, b)| (a - b).abs() > 1e-3));
+            let q: Vec<f64> = (0..3)
+                .map(|j| match policy {
+                    PolicyQ::Min => q1[j].min(q2[j]),
+                    PolicyQ::Mean => (q1[j] + q2[j]) / 2.0,
+                })
+                .collect();
+            let z: f64 = q.iter().map(|v| (v / 0.5).exp()).sum();
+            for (p, v) in agent.policy(&obs).iter().zip(&q) {
+                assert!((p - (v / 0.5).exp() / z).abs() < 1e-12, "{policy:?}");
+            }
+        }
+    }
 
     #[test]
     fn soft_values_match_the_host_oracle_and_finite_differences() {

@@ -14,7 +14,9 @@ pub mod targets;
 pub mod trainer;
 
 pub use agent::{Agent, UpdateStats};
-pub use config::{AgentConfig, FuncidMode, ModelConfig, ModelLearning, OmdInverse, QConfig};
+pub use config::{
+    AgentConfig, FuncidMode, ModelConfig, ModelLearning, NetInit, OmdInverse, PolicyQ, QConfig,
+};
 pub use replay::{Batch, PerConfig, ReplayBuffer, Transition};
 pub use targets::Ending;
 pub use trainer::{ActionMap, ReplayConfig, TrainConfig, Trainer};

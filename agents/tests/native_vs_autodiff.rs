@@ -6,8 +6,8 @@ use burn::tensor::Tensor;
 use funcrl_agents::problem::{OuterData, RlProblem, q_loss_t};
 use funcrl_agents::rules::solver_method;
 use funcrl_agents::{
-    Agent, AgentConfig, Batch, FuncidMode, ModelConfig, ModelLearning, OmdInverse, QConfig,
-    nets::Predict,
+    Agent, AgentConfig, Batch, FuncidMode, ModelConfig, ModelLearning, NetInit, OmdInverse,
+    QConfig, nets::Predict,
 };
 use funcrl_bilevel::{
     BilevelProblem, HyperInput, InnerModel, MethodConfig, Optimizer, OptimizerConfig, Params,
@@ -94,6 +94,9 @@ impl Reference {
         let q_loss = q_loss_t(v, y_in, &d.onehot2, &w_in);
         let q_loss_value = scalar(q_loss.clone().detach());
         let grad = th.grads(&q_loss.backward());
+        if agent.cfg.q.reset_optimizer {
+            self.q_opt = Optimizer::new(OptimizerConfig::adam(agent.cfg.q.lr));
+        }
         self.q = self.q_opt.step(&self.q, &grad);
         let tau = agent.cfg.q.tau;
         self.q_target = self.q_target.scale(1.0 - tau).axpy(tau, &self.q).detached();
@@ -230,17 +233,28 @@ fn check(learning: ModelLearning, predict: Predict, tol: f64) {
 }
 
 fn check_with(learning: ModelLearning, predict: Predict, tol: f64, values: Option<Vec<f64>>) {
+    check_q(learning, predict, tol, values, QConfig::default());
+}
+
+fn check_q(
+    learning: ModelLearning,
+    predict: Predict,
+    tol: f64,
+    values: Option<Vec<f64>>,
+    q: QConfig,
+) {
     let n_actions = values.as_ref().map_or(2, Vec::len);
     let cfg = AgentConfig {
         learning: learning.clone(),
         q: QConfig {
             hidden: vec![16, 16],
-            ..QConfig::default()
+            ..q
         },
         model: ModelConfig {
             hidden: vec![3, 3],
             predict,
             lr: 1e-2,
+            init: q.init,
         },
         precision: Precision::F64,
         action_values: values,
@@ -284,6 +298,31 @@ fn check_with(learning: ModelLearning, predict: Predict, tol: f64, values: Optio
             rel(&agent.omega, &omega0) > 1e-4,
             "{learning:?}: model did not move"
         );
+    }
+}
+
+/// The reference code's settings: orthogonal init and an Adam state re-initialised before every
+/// Q step (the autodiff reference makes a fresh optimizer each update).
+#[test]
+fn reference_options_match_the_autodiff_reference() {
+    let q = QConfig {
+        init: NetInit::Orthogonal,
+        reset_optimizer: true,
+        lr: 3e-3,
+        ..QConfig::default()
+    };
+    for learning in [
+        ModelLearning::Funcid {
+            mode: FuncidMode::Paper,
+            adjoint_steps: 3,
+        },
+        ModelLearning::Omd {
+            inverse: OmdInverse::Identity,
+            cg_iterations: 3,
+        },
+        ModelLearning::Mle,
+    ] {
+        check_q(learning, Predict::NextState, 1e-9, None, q.clone());
     }
 }
 

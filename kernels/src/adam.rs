@@ -52,6 +52,21 @@ mod tests {
         (0..n).map(|_| rng.random::<f64>() - 0.5).collect()
     }
 
+    /// A fresh Adam's first step is −lr·g/(|g| + ε): −lr·sign(g) up to ε (what resetting the
+    /// state before every step, as the reference RL code does, reduces Adam to).
+    #[test]
+    fn first_step_of_a_fresh_adam_is_lr_times_the_sign() {
+        let g = [3.0, -1e-3, 0.0, 2e-9];
+        let mut p = [1.0; 4];
+        let mut a = Adam::new(0.01, 4);
+        a.step(&mut p, &g);
+        for (pi, gi) in p.iter().zip(g) {
+            let want = 1.0 - 0.01 * gi / (gi.abs() + 1e-8);
+            assert!((pi - want).abs() < 1e-15, "{pi} vs {want}");
+        }
+        assert!((p[0] - 0.99).abs() < 1e-10 && (p[1] - 1.01).abs() < 1e-7);
+    }
+
     #[test]
     fn adam_matches_the_solver_optimizer() {
         let ctx = Ctx::flex(Precision::F64);
