@@ -80,7 +80,7 @@ funcrl train --resume runs/CartPole-v1__funcid__3__20261125T170000"
     #[command(
         after_help = "Example:\n  funcrl compare --config configs/rl/cartpole_mle.toml configs/rl/cartpole_funcid.toml configs/rl/cartpole_omd.toml --seeds 0,1,2,3,4"
     )]
-    Compare(crate::train::CompareArgs),
+    Compare(crate::compare::CompareArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -232,7 +232,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(out, "{}", dir.display())?;
         }
         Command::Compare(args) => {
-            let table = crate::train::compare(&args)?;
+            let table = crate::compare::compare(&args)?;
             write!(out, "{table}")?;
         }
         Command::Configs { name: None } => {

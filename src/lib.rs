@@ -3,9 +3,10 @@
 //!
 //! This crate is the CLI and its run infrastructure (configs, run directories, logs, plots); the
 //! libraries are [`funcrl_envs`], `funcrl_bilevel`, `funcrl_kernels`, [`funcrl_agents`] and
-//! [`funcrl_iv`].
+//! [`funcrl_iv`], `funcrl_stats`.
 
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod iv;
 pub mod rollout;

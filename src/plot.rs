@@ -23,13 +23,15 @@ fn register_font() {
     });
 }
 
-/// One curve: `mean[i] ± std[i]` at `x[i]` (std may be empty for a plain line).
+/// One curve: `mean[i] ± std[i]` at `x[i]` (std may be empty for a plain line), or with an
+/// asymmetric band `bounds` = (lower, upper) such as a confidence interval.
 #[derive(Clone, Debug)]
 pub struct Band {
     pub name: String,
     pub x: Vec<f64>,
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
+    pub bounds: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 /// Errors from plotting (drawing backends report strings).
@@ -87,6 +89,9 @@ pub fn curves(
     register_font();
     let name = path.display().to_string();
     let lo_hi = |b: &Band, sign: f64| -> Vec<f64> {
+        if let Some((lo, hi)) = &b.bounds {
+            return if sign < 0.0 { lo.clone() } else { hi.clone() };
+        }
         b.mean
             .iter()
             .enumerate()
@@ -174,7 +179,7 @@ where
     let ok = |v: f64| v.is_finite() && (!log_y || v > 0.0);
     for (i, b) in series.iter().enumerate() {
         let color = palette(i);
-        if !b.std.is_empty() {
+        if !b.std.is_empty() || b.bounds.is_some() {
             let (lo, hi) = (lo_hi(b, -1.0), lo_hi(b, 1.0));
             let mut poly: Vec<(f64, f64)> =
                 b.x.iter()
@@ -422,6 +427,7 @@ mod tests {
                 .map(|v| 500.0 * (1.0 - (-v / (k * 1e4)).exp()))
                 .collect(),
             std: x.iter().map(|_| 20.0).collect(),
+            bounds: None,
         };
         let p = dir.join("curves.png");
         curves(

@@ -318,3 +318,99 @@ fn pendulum_trains_on_an_action_grid() {
     let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
     assert!(cfg.contains("action_bins = 3"), "{cfg}");
 }
+
+/// Mean of the second column of evals.csv (the AUC) in the finished run inside a job folder.
+fn job_auc(job: &Path) -> f64 {
+    let dir = std::fs::read_dir(job)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").is_file())
+        .unwrap();
+    let e = rows(&dir.join("evals.csv"));
+    e.iter().map(|r| r[1]).sum::<f64>() / e.len() as f64
+}
+
+#[test]
+fn compare_grid_selects_by_mean_auc_and_reports_fresh_seeds() {
+    let out = tmp("grid");
+    let o = out.display().to_string();
+    let (m, f) = (config("mle"), config("funcid_reference"));
+    let mut args: Vec<&str> = vec![
+        "compare",
+        "--config",
+        &m,
+        &f,
+        "--seeds",
+        "0,1",
+        "--final-seeds",
+        "7,8",
+        "--grid",
+        "q.lr=1e-3,3e-3",
+        "--jobs",
+        "2",
+        "--reps",
+        "2000",
+        "--out",
+        &o,
+    ];
+    for s in SMALL.iter().filter(|s| **s != "--quiet") {
+        args.push(s);
+    }
+    let r = Command::new(BIN).args(&args).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let table = String::from_utf8(r.stdout).unwrap();
+    let grid = std::fs::read_to_string(out.join("grid.md")).unwrap();
+    assert_eq!(grid.matches('★').count(), 3, "{grid}"); // one per agent + the legend
+    for (ci, kind) in [(0, "mle"), (1, "funcid")] {
+        // The oracle: the point whose two selection runs have the higher mean AUC.
+        let mean_auc = |lr: &str| {
+            let p = out
+                .join("grid")
+                .join(format!("{ci}_{kind}"))
+                .join(format!("q.lr={lr}"));
+            (job_auc(&p.join("0")) + job_auc(&p.join("1"))) / 2.0
+        };
+        let best = if mean_auc("3e-3") > mean_auc("1e-3") {
+            "3e-3"
+        } else {
+            "1e-3"
+        };
+        for s in [7, 8] {
+            let job = std::fs::read_to_string(
+                out.join("runs")
+                    .join(format!("{ci}_{kind}_{s}"))
+                    .join("job.json"),
+            )
+            .unwrap();
+            assert!(job.contains(&format!("\"q.lr={best}\"")), "{kind}: {job}");
+        }
+        assert!(table.contains(&format!("q.lr={best}")), "{table}");
+    }
+    // rliable figures: IQM with its CI per agent, P(A > B) for the pair.
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["agents"].as_array().unwrap().len(), 2);
+    let iqm = &stats["agents"][0]["auc_iqm"];
+    assert!(iqm["lo"].as_f64().unwrap() <= iqm["point"].as_f64().unwrap());
+    assert_eq!(stats["agents"][0]["auc"].as_array().unwrap().len(), 2);
+    assert!(stats["pairs"][0]["p_auc"]["point"].is_number());
+    assert!(out.join("profile.png").is_file());
+
+    // Final seeds must be fresh, and an output folder is not reused for a different job.
+    let mut bad = args.clone();
+    let i = bad.iter().position(|a| *a == "7,8").unwrap();
+    bad[i] = "1,9";
+    let r = Command::new(BIN).args(&bad).output().unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("fresh"));
+    let mut other = args.clone();
+    other.extend_from_slice(&["--set", "q.gamma=0.9"]);
+    let r = Command::new(BIN).args(&other).output().unwrap();
+    assert_eq!(
+        r.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(String::from_utf8_lossy(&r.stderr).contains("different job"));
+}

@@ -224,6 +224,7 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 x: (0..len).map(|i| i as f64).collect(),
                 mean,
                 std,
+                bounds: None,
             }
         })
         .collect();

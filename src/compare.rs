@@ -1,0 +1,659 @@
+//! `funcrl compare`: every (config, seed) as a child `funcrl train`, optionally after a tuning
+//! grid, then curves, a performance profile and a table whose uncertainty is stated with
+//! rliable's conventions (interquartile mean with 95 % stratified-bootstrap intervals,
+//! probability of improvement between every pair of agents).
+//!
+//! With `--grid`, each agent runs every grid point on `--seeds`; the point with the best mean AUC
+//! (mean evaluation return over the run) is then re-run on fresh `--final-seeds`, and only those
+//! runs enter the reported table, so the selection does not flatter anyone. The whole grid is kept
+//! in `grid.md`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use funcrl_stats::{self as stats, Bootstrap, Interval};
+use serde::Serialize;
+
+use crate::config::UsageError;
+use crate::plot::{self, Band};
+use crate::train::{CHECKPOINT, SUMMARY, Summary, load_config, read_evals, summarize};
+
+#[derive(Args, Debug, Default)]
+pub struct CompareArgs {
+    /// One config per agent (e.g. configs/rl/cartpole_{mle,funcid,omd}.toml).
+    #[arg(long = "config", required = true, num_args = 1..)]
+    pub configs: Vec<PathBuf>,
+    /// Seeds to run for every config (with --grid: the seeds the grid points are selected on).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4")]
+    pub seeds: Vec<u64>,
+    /// Overrides applied to every config.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Tuning grid, one flag per field: --grid 'q.lr=3e-4,1e-3,3e-3' --grid 'q.tau=0.01,0.005'.
+    /// Every agent runs every combination on --seeds; its best point by mean AUC is re-run on
+    /// --final-seeds for the reported table.
+    #[arg(long = "grid", value_name = "KEY=V1,V2,...")]
+    pub grid: Vec<String>,
+    /// Fresh seeds for the reported runs after --grid [default: ten seeds after the largest of
+    /// --seeds].
+    #[arg(long = "final-seeds", value_delimiter = ',')]
+    pub final_seeds: Vec<u64>,
+    /// Output folder: runs/, grid/, curves.png, profile.png, summary.md, stats.json.
+    #[arg(long, default_value = "compare")]
+    pub out: PathBuf,
+    /// Parallel processes [default: the number of cores].
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Plot each seed's curve as a trailing mean over this many evaluations (the table is
+    /// computed from the raw evaluations either way).
+    #[arg(long, default_value_t = 1)]
+    pub smooth: usize,
+    /// Bootstrap resamples for the confidence intervals (rliable's default).
+    #[arg(long, default_value_t = 50_000)]
+    pub reps: usize,
+}
+
+/// One child run: `config` with `overrides` and `seed`, into its own folder `out`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+struct Job {
+    label: String,
+    config: PathBuf,
+    seed: u64,
+    overrides: Vec<String>,
+    #[serde(skip)]
+    out: PathBuf,
+}
+
+const JOB: &str = "job.json";
+
+/// The run directories (holding a config.toml) inside a job folder.
+fn run_dirs(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.toml").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// Runs the jobs `parallel` at a time and returns each one's finished run directory, in order.
+/// Rerunning keeps finished runs and resumes the others from their checkpoints; a job folder that
+/// holds a different job is refused. If a child fails, the others are stopped.
+fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<Vec<PathBuf>> {
+    let exe = std::env::current_exe()?;
+    let mut running: Vec<(std::process::Child, usize)> = vec![];
+    let mut next = 0;
+    let stop_all = |running: &mut Vec<(std::process::Child, usize)>| {
+        for (c, _) in running.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    };
+    while next < jobs.len() || !running.is_empty() {
+        while running.len() < parallel && next < jobs.len() {
+            let job = &jobs[next];
+            std::fs::create_dir_all(&job.out)?;
+            let record = serde_json::to_string_pretty(job)?;
+            let job_file = job.out.join(JOB);
+            match std::fs::read_to_string(&job_file) {
+                Ok(old) if old != record => {
+                    stop_all(&mut running);
+                    return Err(UsageError::new(format!(
+                        "{} holds runs of a different job ({}); use another --out",
+                        job.out.display(),
+                        job_file.display()
+                    ))
+                    .into());
+                }
+                Ok(_) => {}
+                Err(_) => crate::rundir::write_atomic(&job_file, record.as_bytes())?,
+            }
+            let previous = run_dirs(&job.out)?;
+            if previous.iter().any(|d| d.join(SUMMARY).is_file()) {
+                eprintln!("done already: {} seed {}", job.label, job.seed);
+                next += 1;
+                continue;
+            }
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("train");
+            match previous.iter().find(|d| d.join(CHECKPOINT).is_file()) {
+                Some(dir) => {
+                    eprintln!(
+                        "resume {} seed {} from {}",
+                        job.label,
+                        job.seed,
+                        dir.display()
+                    );
+                    cmd.arg("--resume").arg(dir);
+                }
+                None => {
+                    eprintln!("start {} seed {}", job.label, job.seed);
+                    cmd.arg("--config")
+                        .arg(&job.config)
+                        .arg("--seed")
+                        .arg(job.seed.to_string())
+                        .arg("--out")
+                        .arg(&job.out);
+                    for o in &job.overrides {
+                        cmd.arg("--set").arg(o);
+                    }
+                }
+            }
+            cmd.arg("--quiet");
+            // Children print their run directory on stdout; keep ours for the table.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(job.out.join("stderr.log"))?;
+            cmd.stdout(std::process::Stdio::null()).stderr(log);
+            running.push((cmd.spawn()?, next));
+            next += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut k = 0;
+        while k < running.len() {
+            match running[k].0.try_wait()? {
+                Some(status) => {
+                    let (_, qi) = running.remove(k);
+                    if !status.success() {
+                        stop_all(&mut running);
+                        let job = &jobs[qi];
+                        bail!(
+                            "{} seed {} failed ({status}); see {}",
+                            job.label,
+                            job.seed,
+                            job.out.join("stderr.log").display()
+                        );
+                    }
+                }
+                None => k += 1,
+            }
+        }
+    }
+    jobs.iter()
+        .map(|j| {
+            run_dirs(&j.out)?
+                .into_iter()
+                .find(|p| p.join(SUMMARY).is_file())
+                .with_context(|| format!("no finished run directory in {}", j.out.display()))
+        })
+        .collect()
+}
+
+/// A tuning grid: every combination of the values of each field, as `--set` overrides.
+fn grid_points(grid: &[String]) -> Result<Vec<Vec<String>>, UsageError> {
+    let mut points = vec![vec![]];
+    for g in grid {
+        let (key, values) = g
+            .split_once('=')
+            .ok_or_else(|| UsageError::new(format!("--grid {g:?}: expected KEY=V1,V2,...")))?;
+        let values: Vec<&str> = values.split(',').map(str::trim).collect();
+        if key.trim().is_empty() || values.iter().any(|v| v.is_empty()) {
+            return Err(UsageError::new(format!(
+                "--grid {g:?}: expected KEY=V1,V2,... with no empty value"
+            )));
+        }
+        points = points
+            .into_iter()
+            .flat_map(|p| {
+                values.iter().map(move |v| {
+                    let mut q = p.clone();
+                    q.push(format!("{}={v}", key.trim()));
+                    q
+                })
+            })
+            .collect();
+    }
+    Ok(points)
+}
+
+/// A folder name for a grid point: `q.lr=3e-4 q.tau=0.01` → `q.lr=3e-4_q.tau=0.01`.
+fn point_label(point: &[String]) -> String {
+    point
+        .iter()
+        .map(|s| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "=.-+".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// Every agent's evaluation curves (one per seed) and where they came from.
+struct AgentRuns {
+    name: String,
+    config: PathBuf,
+    point: Vec<String>,
+    runs: Vec<Vec<(f64, f64)>>,
+}
+
+/// Per-run scores: AUC (mean eval return over the run) and the mean of the last 10 evaluations.
+fn scores(runs: &[Vec<(f64, f64)>], env: &str) -> (Vec<Summary>, Vec<f64>, Vec<f64>) {
+    let sums: Vec<Summary> = runs.iter().map(|r| summarize(r, env)).collect();
+    let auc = sums.iter().map(|s| s.auc).collect();
+    // The last evaluation is 10 episodes of one policy; the last ten are steadier.
+    let tail = runs
+        .iter()
+        .map(|r| {
+            let t = &r[r.len().saturating_sub(10)..];
+            t.iter().map(|e| e.1).sum::<f64>() / t.len().max(1) as f64
+        })
+        .collect();
+    (sums, auc, tail)
+}
+
+#[derive(Serialize)]
+struct AgentStats {
+    name: String,
+    config: PathBuf,
+    grid_point: Vec<String>,
+    seeds: usize,
+    auc: Vec<f64>,
+    last10: Vec<f64>,
+    auc_mean_std: (f64, f64),
+    auc_iqm: Interval,
+    last10_mean_std: (f64, f64),
+    last10_iqm: Interval,
+}
+
+#[derive(Serialize)]
+struct PairStats {
+    a: String,
+    b: String,
+    /// P(AUC of a run of `a` > AUC of a run of `b`).
+    p_auc: Interval,
+    p_last10: Interval,
+}
+
+#[derive(Serialize)]
+struct StudyStats {
+    env: String,
+    bootstrap_reps: usize,
+    agents: Vec<AgentStats>,
+    pairs: Vec<PairStats>,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    stats::mean_std(&[v.to_vec()])
+}
+
+/// Trailing mean over `k` points (the first points average what exists so far).
+fn trailing_mean(v: &[(f64, f64)], k: usize) -> Vec<(f64, f64)> {
+    let k = k.max(1);
+    (0..v.len())
+        .map(|i| {
+            let w = &v[i + 1 - k.min(i + 1)..=i];
+            (v[i].0, w.iter().map(|e| e.1).sum::<f64>() / w.len() as f64)
+        })
+        .collect()
+}
+
+/// Curves, performance profile, summary table and stats.json for the reported runs.
+fn report(
+    out: &Path,
+    env: &str,
+    agents: &[AgentRuns],
+    args: &CompareArgs,
+) -> anyhow::Result<String> {
+    let b = Bootstrap {
+        reps: args.reps,
+        ..Bootstrap::default()
+    };
+    let mut bands = vec![];
+    let mut all = vec![];
+    let mut table = "| agent | grid point | seeds | final return | last 10 evals: mean ± std | last 10: IQM [95% CI] | AUC: mean ± std | AUC: IQM [95% CI] | steps to threshold (reached/seeds) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n".to_string();
+    for a in agents {
+        let len = a.runs.iter().map(Vec::len).min().unwrap_or(0);
+        let x: Vec<f64> = a
+            .runs
+            .first()
+            .map_or(vec![], |r| r[..len].iter().map(|e| e.0).collect());
+        let smoothed: Vec<Vec<(f64, f64)>> = a
+            .runs
+            .iter()
+            .map(|r| trailing_mean(r, args.smooth))
+            .collect();
+        let (mut mean, mut std) = (vec![], vec![]);
+        for i in 0..len {
+            let (m, s) = mean_std(&smoothed.iter().map(|r| r[i].1).collect::<Vec<_>>());
+            mean.push(m);
+            std.push(s);
+        }
+        bands.push(Band {
+            name: a.name.clone(),
+            x,
+            mean,
+            std,
+            bounds: None,
+        });
+        let (sums, auc, tail) = scores(&a.runs, env);
+        let (fm, fs) = mean_std(&sums.iter().map(|s| s.final_return).collect::<Vec<_>>());
+        let st = AgentStats {
+            name: a.name.clone(),
+            config: a.config.clone(),
+            grid_point: a.point.clone(),
+            seeds: a.runs.len(),
+            auc_mean_std: mean_std(&auc),
+            auc_iqm: stats::interval(std::slice::from_ref(&auc), stats::iqm, b),
+            last10_mean_std: mean_std(&tail),
+            last10_iqm: stats::interval(std::slice::from_ref(&tail), stats::iqm, b),
+            auc,
+            last10: tail,
+        };
+        let reached: Vec<f64> = sums.iter().filter_map(|s| s.steps_to_threshold).collect();
+        let steps = if reached.is_empty() {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.0} ({}/{})",
+                mean_std(&reached).0,
+                reached.len(),
+                sums.len()
+            )
+        };
+        let point = if a.point.is_empty() {
+            "-".to_string()
+        } else {
+            a.point.join(" ")
+        };
+        table.push_str(&format!(
+            "| {} | {point} | {} | {fm:.1} ± {fs:.1} | {:.1} ± {:.1} | {:.1} | {:.1} ± {:.1} | {:.1} | {steps} |\n",
+            a.name,
+            st.seeds,
+            st.last10_mean_std.0,
+            st.last10_mean_std.1,
+            st.last10_iqm,
+            st.auc_mean_std.0,
+            st.auc_mean_std.1,
+            st.auc_iqm,
+        ));
+        all.push(st);
+    }
+    let mut pairs = vec![];
+    if all.len() > 1 {
+        table.push_str("\nProbability of improvement P(A > B): the chance that a run of A scores higher than a run of B (ties ½), with its 95 % bootstrap CI. A CI that contains 0.5 means these seeds cannot separate the two agents.\n\n| A | B | P(A > B), AUC | P(A > B), last 10 evals |\n|---|---|---:|---:|\n");
+        for i in 0..all.len() {
+            for j in i + 1..all.len() {
+                let p = PairStats {
+                    a: all[i].name.clone(),
+                    b: all[j].name.clone(),
+                    p_auc: stats::probability_of_improvement(
+                        std::slice::from_ref(&all[i].auc),
+                        std::slice::from_ref(&all[j].auc),
+                        b,
+                    ),
+                    p_last10: stats::probability_of_improvement(
+                        &[all[i].last10.clone()],
+                        &[all[j].last10.clone()],
+                        b,
+                    ),
+                };
+                let sep = |c: &Interval| if c.lo > 0.5 || c.hi < 0.5 { "" } else { " ~" };
+                table.push_str(&format!(
+                    "| {} | {} | {:.2}{} | {:.2}{} |\n",
+                    p.a,
+                    p.b,
+                    p.p_auc,
+                    sep(&p.p_auc),
+                    p.p_last10,
+                    sep(&p.p_last10)
+                ));
+                pairs.push(p);
+            }
+        }
+        table.push_str("\n~ : the CI contains 0.5 (not separated).\n");
+    }
+    let title = if args.smooth > 1 {
+        format!(
+            "{env}: eval return, trailing mean of {} evals (mean ± std over seeds)",
+            args.smooth
+        )
+    } else {
+        format!("{env}: eval return (mean ± std over seeds)")
+    };
+    plot::curves(
+        &out.join("curves.png"),
+        &title,
+        "env steps",
+        "episodic return",
+        &bands,
+        false,
+    )?;
+    // Performance profile of the AUC: the fraction of runs above each score τ, with 95 % CIs.
+    let top = all
+        .iter()
+        .flat_map(|s| s.auc.iter().copied())
+        .fold(0.0f64, f64::max)
+        .max(1.0);
+    let taus: Vec<f64> = (0..=100).map(|i| top * i as f64 / 100.0).collect();
+    let pb = Bootstrap {
+        reps: 2000.min(args.reps),
+        ..b
+    };
+    let profile: Vec<Band> = all
+        .iter()
+        .map(|s| {
+            let p = stats::performance_profile(std::slice::from_ref(&s.auc), &taus, pb);
+            Band {
+                name: s.name.clone(),
+                x: taus.clone(),
+                mean: p.iter().map(|i| i.point).collect(),
+                std: vec![],
+                bounds: Some((
+                    p.iter().map(|i| i.lo).collect(),
+                    p.iter().map(|i| i.hi).collect(),
+                )),
+            }
+        })
+        .collect();
+    plot::curves(
+        &out.join("profile.png"),
+        &format!("{env}: performance profile of the AUC (95 % CIs)"),
+        "AUC τ (mean eval return over the run)",
+        "fraction of runs with AUC > τ",
+        &profile,
+        false,
+    )?;
+    let study = StudyStats {
+        env: env.to_string(),
+        bootstrap_reps: args.reps,
+        agents: all,
+        pairs,
+    };
+    crate::rundir::write_atomic(
+        &out.join("stats.json"),
+        serde_json::to_string_pretty(&study)?.as_bytes(),
+    )?;
+    crate::rundir::write_atomic(&out.join("summary.md"), table.as_bytes())?;
+    Ok(table)
+}
+
+/// Runs the study; returns the summary table.
+pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
+    // Validate everything (configs, overrides, every grid point) before starting anything.
+    let points = grid_points(&args.grid)?;
+    let mut kinds = vec![];
+    for c in &args.configs {
+        for (pi, p) in points.iter().enumerate() {
+            let mut o = args.overrides.clone();
+            o.extend(p.iter().cloned());
+            let cfg = load_config(c, &o, None)?;
+            if pi == 0 {
+                kinds.push(cfg.agent.name().to_string());
+            }
+        }
+    }
+    if args.seeds.is_empty() {
+        return Err(UsageError::new("--seeds: give at least one seed").into());
+    }
+    // Two configs of the same agent kind (say funcid full and paper) are told apart by file name.
+    let names: Vec<String> = kinds
+        .iter()
+        .enumerate()
+        .map(|(ci, k)| {
+            if kinds.iter().filter(|x| *x == k).count() > 1 {
+                let stem = args.configs[ci]
+                    .file_stem()
+                    .map_or(format!("#{ci}"), |s| s.to_string_lossy().into_owned());
+                format!("{k} ({stem})")
+            } else {
+                k.clone()
+            }
+        })
+        .collect();
+    let parallel = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let env = load_config(&args.configs[0], &args.overrides, None)?.env;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+
+    // With a grid: every agent × point × selection seed, then the best point per agent.
+    let (chosen, seeds): (Vec<Vec<String>>, Vec<u64>) = if args.grid.is_empty() {
+        (vec![vec![]; args.configs.len()], args.seeds.clone())
+    } else {
+        let mut jobs = vec![];
+        for (ci, c) in args.configs.iter().enumerate() {
+            for p in &points {
+                for &s in &args.seeds {
+                    let mut o = args.overrides.clone();
+                    o.extend(p.iter().cloned());
+                    jobs.push(Job {
+                        label: format!("{} [{}]", names[ci], p.join(" ")),
+                        config: c.clone(),
+                        seed: s,
+                        overrides: o,
+                        out: args
+                            .out
+                            .join("grid")
+                            .join(format!("{ci}_{}", kinds[ci]))
+                            .join(point_label(p))
+                            .join(s.to_string()),
+                    });
+                }
+            }
+        }
+        let dirs = run_jobs(&jobs, parallel)?;
+        let per = points.len() * args.seeds.len();
+        let mut md = format!(
+            "# Tuning grid ({env})\n\nEvery agent ran every point on seeds {:?}; the point with the highest mean AUC (mean evaluation return over the run) is marked ★ and was re-run on fresh seeds for the reported table.\n\n| agent | grid point | mean AUC ± std | AUC IQM [95% CI] | last 10 evals: mean |\n|---|---|---:|---:|---:|\n",
+            args.seeds
+        );
+        let mut chosen = vec![];
+        for (ci, name) in names.iter().enumerate() {
+            let mut rows = vec![];
+            for (pi, p) in points.iter().enumerate() {
+                let at = ci * per + pi * args.seeds.len();
+                let runs: Vec<Vec<(f64, f64)>> = dirs[at..at + args.seeds.len()]
+                    .iter()
+                    .map(|d| read_evals(&d.join("evals.csv")))
+                    .collect::<anyhow::Result<_>>()?;
+                let (_, auc, tail) = scores(&runs, &env);
+                rows.push((p.clone(), mean_std(&auc), auc, mean_std(&tail).0));
+            }
+            let best = (0..rows.len())
+                .max_by(|&i, &j| rows[i].1.0.total_cmp(&rows[j].1.0))
+                .expect("at least one grid point");
+            for (ri, (p, (m, s), auc, tail)) in rows.iter().enumerate() {
+                let iqm = stats::interval(
+                    std::slice::from_ref(auc),
+                    stats::iqm,
+                    Bootstrap {
+                        reps: args.reps,
+                        ..Bootstrap::default()
+                    },
+                );
+                md.push_str(&format!(
+                    "| {}{} | {} | {m:.1} ± {s:.1} | {iqm:.1} | {tail:.1} |\n",
+                    name,
+                    if ri == best { " ★" } else { "" },
+                    p.join(" ")
+                ));
+            }
+            chosen.push(rows[best].0.clone());
+        }
+        crate::rundir::write_atomic(&args.out.join("grid.md"), md.as_bytes())?;
+        let fresh = if args.final_seeds.is_empty() {
+            let start = args.seeds.iter().max().map_or(0, |m| m + 1);
+            (start..start + 10).collect()
+        } else {
+            args.final_seeds.clone()
+        };
+        if let Some(s) = fresh.iter().find(|s| args.seeds.contains(s)) {
+            return Err(UsageError::new(format!(
+                "--final-seeds must be fresh: seed {s} was used for the grid selection"
+            ))
+            .into());
+        }
+        (chosen, fresh)
+    };
+
+    let mut jobs = vec![];
+    for (ci, c) in args.configs.iter().enumerate() {
+        for &s in &seeds {
+            let mut o = args.overrides.clone();
+            o.extend(chosen[ci].iter().cloned());
+            jobs.push(Job {
+                label: names[ci].clone(),
+                config: c.clone(),
+                seed: s,
+                overrides: o,
+                out: args
+                    .out
+                    .join("runs")
+                    .join(format!("{ci}_{}_{s}", kinds[ci])),
+            });
+        }
+    }
+    let dirs = run_jobs(&jobs, parallel)?;
+    let mut agents = vec![];
+    for (ci, c) in args.configs.iter().enumerate() {
+        let runs = dirs[ci * seeds.len()..(ci + 1) * seeds.len()]
+            .iter()
+            .map(|d| read_evals(&d.join("evals.csv")))
+            .collect::<anyhow::Result<_>>()?;
+        agents.push(AgentRuns {
+            name: names[ci].clone(),
+            config: c.clone(),
+            point: chosen[ci].clone(),
+            runs,
+        });
+    }
+    report(&args.out, &env, &agents, args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_mean_by_hand() {
+        let v = [(1.0, 2.0), (2.0, 4.0), (3.0, 9.0), (4.0, 1.0)];
+        assert_eq!(
+            trailing_mean(&v, 2),
+            vec![(1.0, 2.0), (2.0, 3.0), (3.0, 6.5), (4.0, 5.0)]
+        );
+        assert_eq!(trailing_mean(&v, 1), v.to_vec());
+    }
+
+    #[test]
+    fn grid_is_the_cartesian_product_in_flag_order() {
+        let g = grid_points(&["q.lr=1,2".into(), "q.tau=a, b ,c".into()]).unwrap();
+        assert_eq!(g.len(), 6);
+        assert_eq!(g[0], vec!["q.lr=1", "q.tau=a"]);
+        assert_eq!(g[4], vec!["q.lr=2", "q.tau=b"]);
+        assert_eq!(grid_points(&[]).unwrap(), vec![Vec::<String>::new()]);
+        assert!(grid_points(&["q.lr".into()]).is_err());
+        assert!(grid_points(&["q.lr=1,,2".into()]).is_err());
+        assert_eq!(point_label(&g[5]), "q.lr=2_q.tau=c");
+    }
+}
