@@ -8,8 +8,8 @@
 use std::time::Instant;
 
 use funcrl_agents::{
-    Agent, AgentConfig, Batch, FuncidMode, ModelConfig, ModelLearning, QConfig, ReplayConfig,
-    TrainConfig, Trainer, nets::Predict,
+    Agent, AgentConfig, Batch, FuncidAdjoint, FuncidMode, ModelConfig, ModelLearning, QConfig,
+    ReplayConfig, TrainConfig, Trainer, nets::Predict,
 };
 use funcrl_bilevel::Precision;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -23,6 +23,7 @@ fn agents() -> Vec<(&'static str, ModelLearning)> {
             ModelLearning::Funcid {
                 mode: FuncidMode::Full,
                 adjoint_steps: 5,
+                adjoint: FuncidAdjoint::CurrentQ,
             },
         ),
         (
@@ -30,6 +31,7 @@ fn agents() -> Vec<(&'static str, ModelLearning)> {
             ModelLearning::Funcid {
                 mode: FuncidMode::Paper,
                 adjoint_steps: 5,
+                adjoint: FuncidAdjoint::CurrentQ,
             },
         ),
         (
@@ -76,6 +78,7 @@ fn main() {
         learning: ModelLearning::Funcid {
             mode: FuncidMode::Full,
             adjoint_steps: 5,
+            adjoint: FuncidAdjoint::CurrentQ,
         },
         q: QConfig::default(),
         model: ModelConfig {

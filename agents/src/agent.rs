@@ -372,30 +372,39 @@ impl Agent {
         let x = self.model_input(batch);
         let mut rule = self.rule.take().expect("one update at a time");
 
-        // 1. Inner step: one Adam step of both Q-networks toward model targets r_ω + γ·m·V̄(s'_ω)
-        // (real targets for a rule without a model).
-        let (y_in, w_in) = if rule.q_on_model_data() {
-            let mut mt = self.tapes();
-            let (s2, r) = self.model_forward(batch, &x, &mut mt);
-            self.recycle(mt);
-            (self.target(&r, &s2, &batch.mask), vec![1.0; n])
-        } else {
-            (
-                self.target(&batch.reward, &batch.next_obs, &batch.mask),
-                batch.weight.clone(),
-            )
-        };
-        let mut tapes = self.tapes();
-        self.q_forward(&self.q, &batch.obs, n, &mut tapes);
-        let (q_loss, dq) = q_loss_grad(&tapes, &acts, &y_in, &w_in, na);
-        let grad = self.q_param_grad(&tapes, &dq);
+        // 1. Inner step: `q.steps` Adam steps (each followed by Polyak) of both Q-networks toward
+        // model targets r_ω + γ·m·V̄(s'_ω) (real targets for a rule without a model).
         if self.cfg.q.reset_optimizer {
             self.q_opt = Adam::new(self.cfg.q.lr, self.q.len());
         }
-        self.q_opt.step(&mut self.q, &grad);
-        let tau = self.cfg.q.tau;
-        for (t, q) in self.q_target.iter_mut().zip(&self.q) {
-            *t = *t * (1.0 - tau) + q * tau;
+        let mut tapes = self.tapes();
+        let mut q_loss = 0.0;
+        let mut model_next = None;
+        for _ in 0..self.cfg.q.steps {
+            let (y_in, w_in) = if rule.q_on_model_data() {
+                // The model's (ŝ', r̂) do not change during the Q steps; V̄ does.
+                let (s2, r) = model_next.get_or_insert_with(|| {
+                    let mut mt = self.tapes();
+                    let out = self.model_forward(batch, &x, &mut mt);
+                    self.recycle(mt);
+                    out
+                });
+                (self.target(r, s2, &batch.mask), vec![1.0; n])
+            } else {
+                (
+                    self.target(&batch.reward, &batch.next_obs, &batch.mask),
+                    batch.weight.clone(),
+                )
+            };
+            self.q_forward(&self.q, &batch.obs, n, &mut tapes);
+            let (loss, dq) = q_loss_grad(&tapes, &acts, &y_in, &w_in, na);
+            q_loss = loss;
+            let grad = self.q_param_grad(&tapes, &dq);
+            self.q_opt.step(&mut self.q, &grad);
+            let tau = self.cfg.q.tau;
+            for (t, q) in self.q_target.iter_mut().zip(&self.q) {
+                *t = *t * (1.0 - tau) + q * tau;
+            }
         }
 
         // 2. The outer objective on real data, at the new Q and Q̄.
@@ -419,12 +428,19 @@ impl Agent {
             tapes: &tapes,
             d_out: &d_out,
             err: &err,
+            y: &y,
             outer_loss,
         };
         let (model_grad, model_loss) = rule.model_step(self, &step, rng);
         self.rule = Some(rule);
         self.recycle(tapes);
-        if let Some(g) = model_grad {
+        if let Some(mut g) = model_grad {
+            if let Some(max) = self.cfg.model.grad_clip {
+                let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+                if norm > max {
+                    g.iter_mut().for_each(|v| *v *= max / norm);
+                }
+            }
             self.model_opt.step(&mut self.omega, &g);
         }
         (

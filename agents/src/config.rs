@@ -20,6 +20,19 @@ pub enum FuncidMode {
     Network,
 }
 
+/// Which Q the closed-form adjoint is taken at (`full` and `paper` modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FuncidAdjoint {
+    /// The current Q after its one step: a = −w·(Q − y). Q lags behind the model target y_ω,
+    /// and that lag enters the model gradient (the reference code's choice).
+    #[default]
+    CurrentQ,
+    /// The functional inner solution Q*_ω = y_ω: a = −w·(y_ω − y), so the model step is the exact
+    /// gradient of ½Σᵢ mean_b w_b (y_ω,b − y_b)², the outer loss at the inner optimum.
+    InnerSolution,
+}
+
 /// OMD's inverse Hessian.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -56,6 +69,9 @@ pub enum ModelLearning {
         mode: FuncidMode,
         #[serde(default = "d_adjoint_steps")]
         adjoint_steps: usize,
+        /// `full`/`paper`: the Q the closed-form adjoint is taken at.
+        #[serde(default)]
+        adjoint: FuncidAdjoint,
     },
     /// Parametric implicit differentiation (identity inverse Hessian by default).
     Omd {
@@ -119,6 +135,9 @@ pub enum PolicyQ {
     Mean,
 }
 
+fn d_one() -> usize {
+    1
+}
 fn d_q_hidden() -> Vec<usize> {
     vec![32, 32]
 }
@@ -171,6 +190,10 @@ pub struct QConfig {
     /// The policy's Q: `min` (default) or `mean` (the reference code's) of the two networks.
     #[serde(default)]
     pub policy: PolicyQ,
+    /// Q steps (each followed by Polyak averaging) per update, before the model step: the
+    /// reference's `num_Q_steps` (1). More steps shrink Q's lag behind the model target.
+    #[serde(default = "d_one")]
+    pub steps: usize,
 }
 
 impl Default for QConfig {
@@ -185,6 +208,7 @@ impl Default for QConfig {
             init: NetInit::default(),
             reset_optimizer: false,
             policy: PolicyQ::default(),
+            steps: 1,
         }
     }
 }
@@ -202,6 +226,10 @@ pub struct ModelConfig {
     /// Initialisation of both heads (`orthogonal`: the reference code's).
     #[serde(default)]
     pub init: NetInit,
+    /// Rescale the model gradient to at most this Euclidean norm before its Adam step (none by
+    /// default, as in the reference).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
 }
 
 impl Default for ModelConfig {
@@ -211,6 +239,7 @@ impl Default for ModelConfig {
             predict: Predict::default(),
             lr: d_lr(),
             init: NetInit::default(),
+            grad_clip: None,
         }
     }
 }

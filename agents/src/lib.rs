@@ -15,7 +15,8 @@ pub mod trainer;
 
 pub use agent::{Agent, UpdateStats};
 pub use config::{
-    AgentConfig, FuncidMode, ModelConfig, ModelLearning, NetInit, OmdInverse, PolicyQ, QConfig,
+    AgentConfig, FuncidAdjoint, FuncidMode, ModelConfig, ModelLearning, NetInit, OmdInverse,
+    PolicyQ, QConfig,
 };
 pub use replay::{Batch, PerConfig, ReplayBuffer, Transition};
 pub use targets::Ending;

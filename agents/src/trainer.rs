@@ -200,6 +200,12 @@ impl TrainConfig {
         if self.replay.capacity.is_some_and(|c| c < self.batch_size) {
             return Err("replay.capacity must be at least batch_size".into());
         }
+        if self.q.steps == 0 {
+            return Err("q.steps must be at least 1".into());
+        }
+        if let Some(c) = self.model.grad_clip {
+            pos("model.grad_clip", c)?;
+        }
         if let ModelLearning::Vep { functions: 0, .. } = self.agent {
             return Err("agent.functions must be at least 1 for vep".into());
         }

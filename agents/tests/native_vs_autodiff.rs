@@ -6,8 +6,8 @@ use burn::tensor::Tensor;
 use funcrl_agents::problem::{OuterData, RlProblem, q_loss_t};
 use funcrl_agents::rules::solver_method;
 use funcrl_agents::{
-    Agent, AgentConfig, Batch, FuncidMode, ModelConfig, ModelLearning, NetInit, OmdInverse,
-    QConfig, nets::Predict,
+    Agent, AgentConfig, Batch, FuncidAdjoint, FuncidMode, ModelConfig, ModelLearning, NetInit,
+    OmdInverse, QConfig, nets::Predict,
 };
 use funcrl_bilevel::{
     BilevelProblem, HyperInput, InnerModel, MethodConfig, Optimizer, OptimizerConfig, Params,
@@ -81,25 +81,28 @@ impl Reference {
                 ..
             }
         );
-        let problem = self.problem(agent, true);
-        let (y_in, w_in) = match learning {
-            ModelLearning::Modelfree => (problem.real_target(&d), d.w.clone()),
-            _ => (
-                problem.model_target(&self.omega.detached(), &d).detach(),
-                d.w.ones_like(),
-            ),
-        };
-        let th = self.q.tracked();
-        let v = agent.qnet.forward(&th, &d.s).output;
-        let q_loss = q_loss_t(v, y_in, &d.onehot2, &w_in);
-        let q_loss_value = scalar(q_loss.clone().detach());
-        let grad = th.grads(&q_loss.backward());
         if agent.cfg.q.reset_optimizer {
             self.q_opt = Optimizer::new(OptimizerConfig::adam(agent.cfg.q.lr));
         }
-        self.q = self.q_opt.step(&self.q, &grad);
-        let tau = agent.cfg.q.tau;
-        self.q_target = self.q_target.scale(1.0 - tau).axpy(tau, &self.q).detached();
+        let mut q_loss_value = 0.0;
+        for _ in 0..agent.cfg.q.steps {
+            let problem = self.problem(agent, true);
+            let (y_in, w_in) = match learning {
+                ModelLearning::Modelfree => (problem.real_target(&d), d.w.clone()),
+                _ => (
+                    problem.model_target(&self.omega.detached(), &d).detach(),
+                    d.w.ones_like(),
+                ),
+            };
+            let th = self.q.tracked();
+            let v = agent.qnet.forward(&th, &d.s).output;
+            let q_loss = q_loss_t(v, y_in, &d.onehot2, &w_in);
+            q_loss_value = scalar(q_loss.clone().detach());
+            let grad = th.grads(&q_loss.backward());
+            self.q = self.q_opt.step(&self.q, &grad);
+            let tau = agent.cfg.q.tau;
+            self.q_target = self.q_target.scale(1.0 - tau).axpy(tau, &self.q).detached();
+        }
 
         let problem = self.problem(agent, full);
         let outer = OuterData {
@@ -160,9 +163,19 @@ impl Reference {
             }
             ModelLearning::Funcid {
                 mode: FuncidMode::Full | FuncidMode::Paper,
+                adjoint,
                 ..
             } => {
-                let a = td_sel.mul(d.w.clone()).neg();
+                let a = match adjoint {
+                    FuncidAdjoint::CurrentQ => td_sel.mul(d.w.clone()).neg(),
+                    // Q*_ω = y_ω on both networks' taken actions.
+                    FuncidAdjoint::InnerSolution => {
+                        let y_model = self.problem(agent, true).model_target(&self.omega, &d);
+                        ((y_model - outer.y.clone()) * d.onehot2.clone())
+                            .mul(d.w.clone())
+                            .neg()
+                    }
+                };
                 let g = total_from_adjoint(&problem, &self.omega, &v_out, &a, &v_out, &d, &outer);
                 (Some(g), outer_loss)
             }
@@ -185,7 +198,13 @@ impl Reference {
                 (Some(h.grad), outer_loss)
             }
         };
-        if let Some(g) = model_grad {
+        if let Some(mut g) = model_grad {
+            if let Some(max) = agent.cfg.model.grad_clip {
+                let norm = g.to_flat().iter().map(|x| x * x).sum::<f64>().sqrt();
+                if norm > max {
+                    g = g.scale(max / norm);
+                }
+            }
             self.omega = self.model_opt.step(&self.omega, &g);
         }
         (q_loss_value, model_loss, outer_loss, td)
@@ -233,7 +252,7 @@ fn check(learning: ModelLearning, predict: Predict, tol: f64) {
 }
 
 fn check_with(learning: ModelLearning, predict: Predict, tol: f64, values: Option<Vec<f64>>) {
-    check_q(learning, predict, tol, values, QConfig::default());
+    check_q(learning, predict, tol, values, QConfig::default(), None);
 }
 
 fn check_q(
@@ -242,6 +261,7 @@ fn check_q(
     tol: f64,
     values: Option<Vec<f64>>,
     q: QConfig,
+    grad_clip: Option<f64>,
 ) {
     let n_actions = values.as_ref().map_or(2, Vec::len);
     let cfg = AgentConfig {
@@ -255,6 +275,7 @@ fn check_q(
             predict,
             lr: 1e-2,
             init: q.init,
+            grad_clip,
         },
         precision: Precision::F64,
         action_values: values,
@@ -315,6 +336,7 @@ fn reference_options_match_the_autodiff_reference() {
         ModelLearning::Funcid {
             mode: FuncidMode::Paper,
             adjoint_steps: 3,
+            adjoint: FuncidAdjoint::CurrentQ,
         },
         ModelLearning::Omd {
             inverse: OmdInverse::Identity,
@@ -322,7 +344,94 @@ fn reference_options_match_the_autodiff_reference() {
         },
         ModelLearning::Mle,
     ] {
-        check_q(learning, Predict::NextState, 1e-9, None, q.clone());
+        check_q(learning, Predict::NextState, 1e-9, None, q.clone(), None);
+    }
+}
+
+/// The `full`-mode stabilisers: the inner-solution adjoint, several Q steps per update and
+/// model-gradient clipping (0.05 is active: these gradients have norms of order 0.1–1).
+#[test]
+fn stabilising_options_match_the_autodiff_reference() {
+    for predict in [Predict::NextState, Predict::Delta] {
+        for (steps, clip) in [(1, None), (3, Some(0.05))] {
+            let q = QConfig {
+                steps,
+                ..QConfig::default()
+            };
+            for adjoint in [FuncidAdjoint::InnerSolution, FuncidAdjoint::CurrentQ] {
+                let learning = ModelLearning::Funcid {
+                    mode: FuncidMode::Full,
+                    adjoint_steps: 3,
+                    adjoint,
+                };
+                check_q(learning, predict, 1e-9, None, q.clone(), clip);
+            }
+        }
+    }
+}
+
+/// The inner-solution adjoint's model gradient is the gradient of the outer loss at the
+/// functional inner optimum Q*_ω = y_ω: L(ω) = ½Σᵢ mean_b w_b (y_ω,b − y_b)², y_ω = r_ω +
+/// γ·m·V̄(ŝ′_ω). Checked against central finite differences along random directions.
+#[test]
+fn inner_solution_adjoint_is_the_finite_difference_gradient() {
+    for predict in [Predict::NextState, Predict::Delta] {
+        let cfg = AgentConfig {
+            learning: ModelLearning::Funcid {
+                mode: FuncidMode::Full,
+                adjoint_steps: 3,
+                adjoint: FuncidAdjoint::InnerSolution,
+            },
+            q: QConfig {
+                hidden: vec![16, 16],
+                ..QConfig::default()
+            },
+            model: ModelConfig {
+                hidden: vec![3, 3],
+                predict,
+                ..ModelConfig::default()
+            },
+            precision: Precision::F64,
+            action_values: None,
+        };
+        let agent = Agent::new(cfg, 4, 2, &mut StdRng::seed_from_u64(11));
+        let reference = Reference::new(&agent);
+        let batch = random_batch(&mut StdRng::seed_from_u64(12), 40, 2);
+        let d = agent.tensors(&batch);
+        let problem = reference.problem(&agent, true);
+        let y = problem.real_target(&d);
+        let loss = |omega: &Params| {
+            let e = problem.model_target(omega, &d) - y.clone();
+            scalar(e.square().mul(d.w.clone()).sum()) / d.n as f64
+        };
+        let omega = reference.omega.clone();
+        let v = agent.qnet.forward(&reference.q, &d.s).output;
+        let a = ((problem.model_target(&omega, &d) - y.clone()) * d.onehot2.clone())
+            .mul(d.w.clone())
+            .neg();
+        let outer = OuterData {
+            s: d.s.clone(),
+            onehot2: d.onehot2.clone(),
+            y: y.clone(),
+            w: d.w.clone(),
+        };
+        let g = total_from_adjoint(&problem, &omega, &v, &a, &v, &d, &outer).to_flat();
+        let mut rng = StdRng::seed_from_u64(13);
+        let flat = omega.to_flat();
+        for _ in 0..4 {
+            let u: Vec<f64> = (0..flat.len()).map(|_| rng.random::<f64>() - 0.5).collect();
+            let at = |h: f64| {
+                let p: Vec<f64> = flat.iter().zip(&u).map(|(x, d)| x + h * d).collect();
+                loss(&omega.from_flat_like(&agent.ctx, &p))
+            };
+            let h = 1e-6;
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            let an: f64 = g.iter().zip(&u).map(|(x, d)| x * d).sum();
+            assert!(
+                (fd - an).abs() <= 1e-6 * an.abs().max(1e-3),
+                "{predict:?}: finite difference {fd} vs adjoint {an}"
+            );
+        }
     }
 }
 
@@ -337,6 +446,7 @@ fn every_agent_matches_the_autodiff_reference() {
                 ModelLearning::Funcid {
                     mode,
                     adjoint_steps: 3,
+                    adjoint: FuncidAdjoint::CurrentQ,
                 },
                 predict,
                 1e-10,
@@ -356,6 +466,7 @@ fn every_agent_matches_the_autodiff_reference() {
         ModelLearning::Funcid {
             mode: FuncidMode::Network,
             adjoint_steps: 3,
+            adjoint: FuncidAdjoint::CurrentQ,
         },
         Predict::Delta,
         1e-10,
@@ -402,6 +513,7 @@ fn continuous_action_grid_matches_the_autodiff_reference() {
         ModelLearning::Funcid {
             mode: FuncidMode::Full,
             adjoint_steps: 3,
+            adjoint: FuncidAdjoint::CurrentQ,
         },
     ] {
         check_with(learning, Predict::Delta, 1e-10, values.clone());

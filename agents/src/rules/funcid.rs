@@ -7,12 +7,13 @@ use rand::rngs::StdRng;
 
 use super::{LearningRule, StepData, solver_gradient};
 use crate::agent::Agent;
-use crate::config::FuncidMode;
+use crate::config::{FuncidAdjoint, FuncidMode};
 use crate::nets::DoubleQ;
 use crate::problem::RlProblem;
 
 pub struct Funcid {
     pub mode: FuncidMode,
+    pub adjoint: FuncidAdjoint,
     /// The solver's FuncID method, for `mode = "network"`.
     pub solver: Option<Box<dyn HypergradientMethod<RlProblem, DoubleQ>>>,
 }
@@ -38,9 +39,21 @@ impl LearningRule for Funcid {
         // ∂_ω mean_b⟨∂_v ℓ_in, a⟩ weighs ∇_ω y_ω,b by w_b·Σᵢ(Qᵢ − y_b)/n.
         let batch = step.batch;
         let nf = batch.len() as f64;
-        let c: Vec<f64> = (0..batch.len())
-            .map(|b| batch.weight[b] * step.err[b] / nf)
-            .collect();
+        let c: Vec<f64> = match self.adjoint {
+            FuncidAdjoint::CurrentQ => (0..batch.len())
+                .map(|b| batch.weight[b] * step.err[b] / nf)
+                .collect(),
+            // Q*_ω = y_ω in both networks: Σᵢ (Q*ᵢ − y) = 2(y_ω − y).
+            FuncidAdjoint::InnerSolution => {
+                let mut mt = agent.tapes();
+                let (s2, r) = agent.model_forward(batch, step.x, &mut mt);
+                agent.recycle(mt);
+                let y_model = agent.target(&r, &s2, &batch.mask);
+                (0..batch.len())
+                    .map(|b| batch.weight[b] * 2.0 * (y_model[b] - step.y[b]) / nf)
+                    .collect()
+            }
+        };
         (
             Some(agent.model_target_vjp(batch, step.x, &c, through)),
             step.outer_loss,

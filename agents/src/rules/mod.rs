@@ -35,6 +35,8 @@ pub struct StepData<'a> {
     pub d_out: &'a [Vec<f64>; 2],
     /// Σᵢ (Qᵢ(s, a) − y) per row, y the real Bellman target.
     pub err: &'a [f64],
+    /// The real Bellman target y = r + γ·m·V̄(s′) per row, under the new Q̄.
+    pub y: &'a [f64],
     /// The outer loss ½Σᵢ mean_b w_b (Qᵢ − y)² on real data.
     pub outer_loss: f64,
 }
@@ -76,8 +78,9 @@ pub fn build(
         ModelLearning::Vep { functions, hidden } => {
             Box::new(Vep::new(ctx, obs_dim, *functions, hidden, value_init, rng))
         }
-        ModelLearning::Funcid { mode, .. } => Box::new(funcid::Funcid {
+        ModelLearning::Funcid { mode, adjoint, .. } => Box::new(funcid::Funcid {
             mode: *mode,
+            adjoint: *adjoint,
             solver,
         }),
         ModelLearning::Omd { inverse, .. } => Box::new(omd::Omd {
@@ -111,6 +114,7 @@ pub fn solver_method(
         ModelLearning::Funcid {
             mode: FuncidMode::Network,
             adjoint_steps,
+            ..
         } => Some(
             MethodConfig::Funcid {
                 steps: *adjoint_steps,
