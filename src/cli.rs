@@ -81,6 +81,13 @@ funcrl train --resume runs/CartPole-v1__funcid__3__20261125T170000"
         after_help = "Example:\n  funcrl compare --config configs/rl/cartpole_mle.toml configs/rl/cartpole_funcid.toml configs/rl/cartpole_omd.toml --seeds 0,1,2,3,4"
     )]
     Compare(crate::compare::CompareArgs),
+    /// Measure a run's world model on held-out real transitions against the true dynamics:
+    /// one-step state, reward and value errors, and the open-loop error by horizon.
+    ///
+    /// Writes inspect.json and inspect.png into the run directory.
+    #[command(after_help = "Example:
+  funcrl inspect runs/CartPole-v1__funcid__0__20261130T120000 --transitions 2000")]
+    Inspect(crate::inspect::InspectArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -230,6 +237,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => {
             let dir = crate::train::train(&args)?;
             writeln!(out, "{}", dir.display())?;
+        }
+        Command::Inspect(args) => {
+            let r = crate::inspect::inspect_run(&args)?;
+            write!(out, "{}", crate::inspect::describe(&r))?;
         }
         Command::Compare(args) => {
             let table = crate::compare::compare(&args)?;

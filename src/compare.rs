@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use funcrl_agents::inspect::ModelReport;
 use funcrl_stats::{self as stats, Bootstrap, Interval};
 use serde::Serialize;
 
@@ -233,6 +234,7 @@ struct AgentRuns {
     config: PathBuf,
     point: Vec<String>,
     runs: Vec<Vec<(f64, f64)>>,
+    dirs: Vec<PathBuf>,
 }
 
 /// Per-run scores: AUC (mean eval return over the run) and the mean of the last 10 evaluations.
@@ -262,6 +264,8 @@ struct AgentStats {
     auc_iqm: Interval,
     last10_mean_std: (f64, f64),
     last10_iqm: Interval,
+    /// `funcrl inspect` of each run's final model (none for `modelfree`).
+    model: Vec<ModelReport>,
 }
 
 #[derive(Serialize)]
@@ -347,6 +351,7 @@ fn report(
             last10_iqm: stats::interval(std::slice::from_ref(&tail), stats::iqm, b),
             auc,
             last10: tail,
+            model: inspect_all(&a.dirs)?,
         };
         let reached: Vec<f64> = sums.iter().filter_map(|s| s.steps_to_threshold).collect();
         let steps = if reached.is_empty() {
@@ -376,6 +381,39 @@ fn report(
             st.auc_iqm,
         ));
         all.push(st);
+    }
+    let with_model: Vec<&AgentStats> = all.iter().filter(|s| !s.model.is_empty()).collect();
+    if !with_model.is_empty() {
+        table.push_str("\nWorld models on 2,000 held-out real transitions per run (`funcrl inspect`), mean ± std over seeds: one-step state RMSE, value error |V̄(ŝ′) − V̄(s′)| under the run's own Q̄, error of the Q-learning target |ŷ − y|, open-loop state RMSE 10 steps ahead.\n\n| agent | state RMSE | reward MAE | value MAE | target MAE | open loop, h = 10 |\n|---|---:|---:|---:|---:|---:|\n");
+        for st in &with_model {
+            let col = |f: &dyn Fn(&ModelReport) -> f64| {
+                let (m, s) = mean_std(&st.model.iter().map(f).collect::<Vec<_>>());
+                format!("{m:.3} ± {s:.3}")
+            };
+            table.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                st.name,
+                col(&|r| r.state_rmse),
+                col(&|r| r.reward_mae),
+                col(&|r| r.value_mae),
+                col(&|r| r.target_mae),
+                col(&|r| r.open_loop_rmse.get(9).copied().unwrap_or(f64::NAN)),
+            ));
+        }
+        let groups: Vec<(String, Vec<Vec<f64>>)> = with_model
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.model.iter().map(|r| r.open_loop_rmse.clone()).collect(),
+                )
+            })
+            .collect();
+        crate::inspect::open_loop_plot(
+            &out.join("model_error.png"),
+            &format!("{env}: open-loop state error of the learned models (mean ± std over seeds)"),
+            &groups,
+        )?;
     }
     let mut pairs = vec![];
     if all.len() > 1 {
@@ -474,6 +512,24 @@ fn report(
     )?;
     crate::rundir::write_atomic(&out.join("summary.md"), table.as_bytes())?;
     Ok(table)
+}
+
+/// `funcrl inspect` (default settings) of every run that has a world model.
+fn inspect_all(dirs: &[PathBuf]) -> anyhow::Result<Vec<ModelReport>> {
+    let mut out = vec![];
+    for d in dirs {
+        let cfg = load_config(&d.join("config.toml"), &[], None)?;
+        if cfg.agent.name() == "modelfree" {
+            return Ok(vec![]);
+        }
+        out.push(crate::inspect::inspect_run(&crate::inspect::InspectArgs {
+            run: d.clone(),
+            transitions: 2000,
+            horizon: 20,
+            seed: crate::inspect::HELD_OUT_SEED,
+        })?);
+    }
+    Ok(out)
 }
 
 /// Runs the study; returns the summary table.
@@ -626,6 +682,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
             config: c.clone(),
             point: chosen[ci].clone(),
             runs,
+            dirs: dirs[ci * seeds.len()..(ci + 1) * seeds.len()].to_vec(),
         });
     }
     report(&args.out, &env, &agents, args)

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod compare;
 pub mod config;
+pub mod inspect;
 pub mod iv;
 pub mod rollout;
 pub mod train;

@@ -414,3 +414,35 @@ fn compare_grid_selects_by_mean_auc_and_reports_fresh_seeds() {
     );
     assert!(String::from_utf8_lossy(&r.stderr).contains("different job"));
 }
+
+#[test]
+fn inspect_measures_a_runs_model_and_refuses_what_has_none() {
+    let out = tmp("inspect");
+    let o = out.display().to_string();
+    let c = config("funcid");
+    let mut args = vec!["--config", c.as_str(), "--out", o.as_str()];
+    args.extend_from_slice(SMALL);
+    let dir = run_dir(&train(&args));
+    let d = dir.display().to_string();
+    let r = Command::new(BIN)
+        .args(["inspect", &d, "--transitions", "300", "--horizon", "5"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("state RMSE"));
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("inspect.json")).unwrap()).unwrap();
+    assert_eq!(rep["transitions"], 300);
+    assert_eq!(rep["open_loop_rmse"].as_array().unwrap().len(), 5);
+    assert!(rep["state_rmse"].as_f64().unwrap() > 0.0);
+    assert!(dir.join("inspect.png").is_file());
+
+    let m = config("modelfree");
+    let mut args = vec!["--config", m.as_str(), "--out", o.as_str()];
+    args.extend_from_slice(SMALL);
+    let mf = run_dir(&train(&args)).display().to_string();
+    for bad in [vec!["inspect", mf.as_str()], vec!["inspect", o.as_str()]] {
+        let r = Command::new(BIN).args(&bad).output().unwrap();
+        assert_eq!(r.status.code(), Some(2), "{bad:?}");
+    }
+}

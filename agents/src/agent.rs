@@ -357,6 +357,30 @@ impl Agent {
         g
     }
 
+    /// The world model's (ŝ', r̂) for one observation and action index.
+    pub fn model_predict(&self, obs: &[f64], action: usize) -> (Vec<f64>, f64) {
+        let mut x = obs.to_vec();
+        match &self.cfg.action_values {
+            Some(v) => x.push(v[action]),
+            None => x.extend((0..self.n_actions).map(|i| if i == action { 1.0 } else { 0.0 })),
+        }
+        let ks = self.sd.numel();
+        let mut s2 = self.sd.forward_one(&self.omega[..ks], &x);
+        if self.cfg.model.predict == Predict::Delta {
+            s2.iter_mut().zip(obs).for_each(|(o, s)| *o += s);
+        }
+        let r = self.rd.forward_one(&self.omega[ks..], &x)[0];
+        (s2, r)
+    }
+
+    /// V̄(s) = α·logsumexp(min(Q̄₁, Q̄₂)/α) under the target network.
+    pub fn target_value(&self, obs: &[f64]) -> f64 {
+        let k = self.qd.numel();
+        let q1 = self.qd.forward_one(&self.q_target[..k], obs);
+        let q2 = self.qd.forward_one(&self.q_target[k..], obs);
+        soft_values(&q1, &q2, self.n_actions, self.cfg.q.alpha).0[0]
+    }
+
     /// The learning rule (VEP's value functions, for instance, live there).
     pub fn rule(&self) -> &dyn LearningRule {
         self.rule

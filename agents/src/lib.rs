@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod config;
 pub mod h5io;
+pub mod inspect;
 pub mod nets;
 pub mod problem;
 pub mod replay;

@@ -285,7 +285,11 @@ pub struct Trainer {
 }
 
 /// Steps `env` with the agent's action index `k`.
-fn step_with(env: &mut dyn Env, actions: &ActionMap, k: usize) -> Result<Step, EnvError> {
+pub(crate) fn step_with(
+    env: &mut dyn Env,
+    actions: &ActionMap,
+    k: usize,
+) -> Result<Step, EnvError> {
     match actions {
         ActionMap::Discrete(_) => env.step(Action::Discrete(k as i64)),
         ActionMap::Grid(v) => env.step(Action::Continuous(&[v[k] as f32])),
@@ -294,7 +298,7 @@ fn step_with(env: &mut dyn Env, actions: &ActionMap, k: usize) -> Result<Step, E
 
 /// The env without a wrapper time limit: the trainer counts episode steps itself, so that a
 /// resumed episode keeps its count.
-fn make_env(id: &str) -> Result<(Box<dyn Env>, u64), EnvError> {
+pub(crate) fn make_env(id: &str) -> Result<(Box<dyn Env>, u64), EnvError> {
     let spec = funcrl_envs::spec(id)?;
     let env = funcrl_envs::make_with(
         id,
@@ -306,7 +310,7 @@ fn make_env(id: &str) -> Result<(Box<dyn Env>, u64), EnvError> {
     Ok((env, spec.max_episode_steps))
 }
 
-fn obs_f64(o: &[f32]) -> Vec<f64> {
+pub(crate) fn obs_f64(o: &[f32]) -> Vec<f64> {
     o.iter().map(|&x| x as f64).collect()
 }
 
