@@ -233,6 +233,15 @@ fn config_errors_name_the_field_and_exit_2() {
             &["--set", "warmup_steps=10"],
             &["warmup_steps", "batch_size"],
         ),
+        (
+            &["--set", "model.hidden=[0]"],
+            &["model.hidden", "at least 1"],
+        ),
+        (&["--set", "q.hidden=[32,0]"], &["q.hidden", "at least 1"]),
+        (&["--set", "q.steps=0"], &["q.steps"]),
+        (&["--set", "model.grad_clip=-1"], &["model.grad_clip"]),
+        (&["--set", "q.policy=max"], &["`min`", "`mean`"]),
+        (&["--set", "q.init=xavier"], &["`uniform`", "`orthogonal`"]),
     ];
     for (extra, want) in cases {
         let mut args = vec!["--config", c.as_str(), "--out", o.as_str(), "--quiet"];

@@ -200,6 +200,20 @@ impl TrainConfig {
         if self.replay.capacity.is_some_and(|c| c < self.batch_size) {
             return Err("replay.capacity must be at least batch_size".into());
         }
+        let widths = |name: &str, h: &[usize]| {
+            if h.contains(&0) {
+                Err(format!(
+                    "{name} = {h:?}: every hidden width must be at least 1"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        widths("q.hidden", &self.q.hidden)?;
+        widths("model.hidden", &self.model.hidden)?;
+        if let ModelLearning::Vep { hidden, .. } = &self.agent {
+            widths("agent.hidden", hidden)?;
+        }
         if self.q.steps == 0 {
             return Err("q.steps must be at least 1".into());
         }
