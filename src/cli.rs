@@ -215,6 +215,10 @@ pub fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS; // `funcrl ... | head` is not an error.
             }
+            if let Some(stop) = e.downcast_ref::<crate::signals::Stopped>() {
+                eprintln!("{stop}");
+                return ExitCode::from(stop.exit_code());
+            }
             let usage = e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<funcrl_iv::InputError>().is_some();
             let code = if usage { 2 } else { 1 };

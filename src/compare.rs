@@ -85,13 +85,28 @@ fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<Vec<PathBuf>> {
     let exe = std::env::current_exe()?;
     let mut running: Vec<(std::process::Child, usize)> = vec![];
     let mut next = 0;
+    // Children are asked to stop with SIGTERM, so that each writes a checkpoint a rerun resumes.
     let stop_all = |running: &mut Vec<(std::process::Child, usize)>| {
+        for (c, _) in running.iter() {
+            crate::signals::terminate(c);
+        }
         for (c, _) in running.iter_mut() {
-            let _ = c.kill();
             let _ = c.wait();
         }
     };
+    let stop = crate::signals::Stop::install()?;
     while next < jobs.len() || !running.is_empty() {
+        if let Some(sig) = stop.requested() {
+            stop_all(&mut running);
+            return Err(crate::signals::Stopped {
+                signal: sig,
+                message: format!(
+                    "compare stopped by {}: running children were stopped at a checkpoint; rerun the same command to resume",
+                    crate::signals::name(sig)
+                ),
+            }
+            .into());
+        }
         while running.len() < parallel && next < jobs.len() {
             let job = &jobs[next];
             std::fs::create_dir_all(&job.out)?;

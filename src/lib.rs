@@ -16,3 +16,4 @@ pub mod train;
 pub use funcrl_envs as envs;
 pub mod plot;
 pub mod rundir;
+pub mod signals;

@@ -42,7 +42,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result
+    result.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
 }
 
 /// Like [`write_atomic`] for writers that need a path (HDF5, PNG): `write` fills a temporary path,
@@ -88,10 +88,32 @@ pub struct RunMeta {
     pub started: String,
 }
 
-/// A run's directory.
+/// A run's directory, held exclusively: `run.lock` is locked for as long as the value lives, so two
+/// processes never write one run (a second `--resume` of a live run is refused).
 #[derive(Debug, Clone)]
 pub struct RunDir {
     path: PathBuf,
+    _lock: std::sync::Arc<File>,
+}
+
+/// Locks `dir/run.lock` for this process, or says which run another process holds.
+fn lock(dir: &Path) -> io::Result<std::sync::Arc<File>> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("run.lock"))
+        .map_err(|e| {
+            io::Error::new(e.kind(), format!("{}: {e}", dir.join("run.lock").display()))
+        })?;
+    match f.try_lock() {
+        Ok(()) => Ok(std::sync::Arc::new(f)),
+        Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("{} is in use by another funcrl process", dir.display()),
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 impl RunDir {
@@ -106,15 +128,27 @@ impl RunDir {
         let now = SystemTime::now();
         let mut name = parts.join("__");
         name.push_str(&format!("__{seed}__{}", timestamp(now)));
-        let mut path = root.join(&name);
-        // Two runs started in the same second get distinct directories.
-        let mut k = 1;
-        while path.exists() {
-            path = root.join(format!("{name}-{k}"));
-            k += 1;
-        }
-        fs::create_dir_all(&path)?;
-        let run = RunDir { path };
+        // `create_dir` fails on an existing name, so two runs started in the same second (even
+        // in two processes) get distinct directories.
+        fs::create_dir_all(root)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.display())))?;
+        let mut k = 0;
+        let path = loop {
+            let p = if k == 0 {
+                root.join(&name)
+            } else {
+                root.join(format!("{name}-{k}"))
+            };
+            match fs::create_dir(&p) {
+                Ok(()) => break p,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => k += 1,
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+            }
+        };
+        let run = RunDir {
+            _lock: lock(&path)?,
+            path,
+        };
         run.write_config(config)?;
         let meta = RunMeta {
             seed,
@@ -139,9 +173,18 @@ impl RunDir {
                 format!("{} is not a run directory (no config.toml)", path.display()),
             ));
         }
-        Ok(RunDir {
+        let run = RunDir {
+            _lock: lock(path)?,
             path: path.to_path_buf(),
-        })
+        };
+        // Temporary files of writes a kill interrupted (see `write_atomic`).
+        for e in fs::read_dir(path)?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(".tmp") || (n.starts_with('.') && n.contains(".tmp")) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(run)
     }
 
     pub fn path(&self) -> &Path {
@@ -194,14 +237,51 @@ impl CsvLog {
         })
     }
 
+    /// The rows of a log written by [`CsvLog`], parsed strictly: the header must be `header` and
+    /// every row must hold that many numbers; anything else is an `InvalidData` error naming the
+    /// file and line (a damaged log is refused, not half read).
+    pub fn read_strict(path: &Path, header: &[&str]) -> io::Result<Vec<Vec<f64>>> {
+        let text = fs::read_to_string(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let bad = |line: usize, why: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}, line {line}: {why}", path.display()),
+            )
+        };
+        let mut lines = text.lines();
+        let want = header.join(",");
+        match lines.next() {
+            Some(h) if h == want => {}
+            other => return Err(bad(1, format!("header {other:?}, expected {want:?}"))),
+        }
+        lines
+            .enumerate()
+            .map(|(i, line)| {
+                let cells: Vec<&str> = line.split(',').collect();
+                if cells.len() != header.len() {
+                    return Err(bad(
+                        i + 2,
+                        format!("{} values, expected {}", cells.len(), header.len()),
+                    ));
+                }
+                cells
+                    .iter()
+                    .map(|c| {
+                        c.parse::<f64>()
+                            .map_err(|_| bad(i + 2, format!("{c:?} is not a number")))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     pub fn resume(path: &Path, header: &[&str], keep_below: f64) -> io::Result<CsvLog> {
-        let text = fs::read_to_string(path).unwrap_or_default();
+        let rows = Self::read_strict(path, header)?;
         let mut kept = vec![header.join(",")];
-        for line in text.lines().skip(1) {
-            let first = line.split(',').next().and_then(|v| v.parse::<f64>().ok());
-            if first.is_some_and(|v| v < keep_below) {
-                kept.push(line.to_string());
-            }
+        for row in rows.iter().filter(|r| r[0] < keep_below) {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v}")).collect();
+            kept.push(cells.join(","));
         }
         write_atomic(path, (kept.join("\n") + "\n").as_bytes())?;
         let out = BufWriter::new(OpenOptions::new().append(true).open(path)?);
@@ -269,7 +349,12 @@ mod tests {
             fs::read_to_string(a.file("run.log")).unwrap(),
             "step 1\nstep 2\n"
         );
-        assert!(RunDir::open(a.path()).is_ok());
+        // Held while `a` lives (another process, or another handle, cannot open it), free after.
+        let path = a.path().to_path_buf();
+        let held = RunDir::open(&path).unwrap_err();
+        assert_eq!(held.kind(), io::ErrorKind::WouldBlock, "{held}");
+        drop(a);
+        assert!(RunDir::open(&path).is_ok());
         assert!(RunDir::open(&root).is_err());
         let _ = fs::remove_dir_all(&root);
     }

@@ -73,8 +73,16 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
     let (run, mut trainer, resumed) = match &args.resume {
         Some(dir) => {
             let run = RunDir::open(dir).map_err(|e| UsageError::new(e.to_string()))?;
+            let saved = load_config(&run.file("config.toml"), &[], None)?;
             let cfg = load_config(&run.file("config.toml"), &args.overrides, None)?;
-            run.write_config(&cfg)?;
+            if saved.agent.name() != cfg.agent.name() {
+                return Err(UsageError::new(format!(
+                    "--resume cannot change the agent kind ({} → {})",
+                    saved.agent.name(),
+                    cfg.agent.name()
+                ))
+                .into());
+            }
             let ckpt = run.file(CHECKPOINT);
             if !ckpt.is_file() {
                 return Err(UsageError::new(format!(
@@ -83,8 +91,18 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
                 ))
                 .into());
             }
-            let t = Trainer::load_checkpoint(cfg, &ckpt)
-                .with_context(|| format!("resuming from {}", ckpt.display()))?;
+            // Nothing in the run directory changes until the checkpoint and the logs have passed
+            // their checks.
+            let t = Trainer::load_checkpoint(cfg.clone(), &ckpt)
+                .map_err(|e| UsageError::new(format!("cannot resume: {e}")))?;
+            for (name, cols) in [
+                ("evals.csv", &EVAL_COLUMNS[..]),
+                ("losses.csv", &LOSS_COLUMNS[..]),
+            ] {
+                CsvLog::read_strict(&run.file(name), cols)
+                    .map_err(|e| UsageError::new(format!("cannot resume: {e}")))?;
+            }
+            run.write_config(&cfg)?;
             (run, t, true)
         }
         None => {
@@ -144,6 +162,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
     let (mut sum, mut count) = ([0.0f64; 3], 0u64);
     let mut last_ckpt = if resumed { Some(trainer.step) } else { None };
     let (t0, s0) = (Instant::now(), trainer.step);
+    let stop = crate::signals::Stop::install()?;
     while !trainer.done() {
         let out = trainer.env_step()?;
         let step = trainer.step;
@@ -189,6 +208,33 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
             last_ckpt = Some(step);
         }
         bar.set_position(step);
+        // A stop request is served at the next log boundary, where the saved state and the
+        // logs agree, so that --resume reproduces the uninterrupted run.
+        if let Some(sig) = stop.requested()
+            && step.is_multiple_of(cfg.log_every)
+            && !trainer.done()
+        {
+            // Save exactly where we are, so that --resume continues this run.
+            write_atomic_with(&run.file(CHECKPOINT), |tmp| {
+                trainer
+                    .save_checkpoint(tmp)
+                    .map_err(|e| anyhow::anyhow!("writing checkpoint: {e}"))
+            })?;
+            write_log_h5(&run)?;
+            let message = format!(
+                "stopped by {} at step {}; checkpoint written; resume with: funcrl train --resume {}",
+                crate::signals::name(sig),
+                trainer.step,
+                run.path().display()
+            );
+            run.log(&message)?;
+            bar.abandon();
+            return Err(crate::signals::Stopped {
+                signal: sig,
+                message,
+            }
+            .into());
+        }
     }
     bar.finish_and_clear();
     let summary = summarize(&read_evals(&run.file("evals.csv"))?, &cfg.env);
@@ -209,17 +255,12 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// (step, mean eval return) rows of evals.csv.
+/// (step, mean eval return) rows of evals.csv, parsed strictly (a damaged log is an error
+/// naming the file and line, never a silently shorter curve).
 pub fn read_evals(path: &Path) -> anyhow::Result<Vec<(f64, f64)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut it = l.split(',').map(|c| c.parse::<f64>().ok());
-            Some((it.next()??, it.next()??))
-        })
+    Ok(CsvLog::read_strict(path, &EVAL_COLUMNS)?
+        .into_iter()
+        .map(|r| (r[0], r[1]))
         .collect())
 }
 

@@ -242,6 +242,16 @@ fn config_errors_name_the_field_and_exit_2() {
         (&["--set", "model.grad_clip=-1"], &["model.grad_clip"]),
         (&["--set", "q.policy=max"], &["`min`", "`mean`"]),
         (&["--set", "q.init=xavier"], &["`uniform`", "`orthogonal`"]),
+        (
+            &["--set", "total_steps=500"],
+            &["total_steps", "warmup_steps"],
+        ),
+        (&["--set", "updates_per_step=0"], &["updates_per_step"]),
+        (
+            &["--set", "total_steps=1000000000000000"],
+            &["GiB", "replay.capacity"],
+        ),
+        (&["--set", "q.hidden=[100000000]"], &["GiB", "q.hidden"]),
     ];
     for (extra, want) in cases {
         let mut args = vec!["--config", c.as_str(), "--out", o.as_str(), "--quiet"];
@@ -253,6 +263,8 @@ fn config_errors_name_the_field_and_exit_2() {
             assert!(err.contains(w), "{extra:?}: '{w}' not in {err}");
         }
     }
+    // Refused before anything was created.
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
     let r = train(&["--resume", &o]);
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("not a run directory"));

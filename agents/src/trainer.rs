@@ -214,6 +214,16 @@ impl TrainConfig {
         if let ModelLearning::Vep { hidden, .. } = &self.agent {
             widths("agent.hidden", hidden)?;
         }
+        if self.total_steps <= self.warmup_steps {
+            return Err(format!(
+                "total_steps ({}) must exceed warmup_steps ({}): no update would run",
+                self.total_steps, self.warmup_steps
+            ));
+        }
+        if self.updates_per_step == 0 {
+            return Err("updates_per_step must be at least 1".into());
+        }
+        self.check_memory(env.observation_space().flat_dim())?;
         if self.q.steps == 0 {
             return Err("q.steps must be at least 1".into());
         }
@@ -222,6 +232,41 @@ impl TrainConfig {
         }
         if let ModelLearning::Vep { functions: 0, .. } = self.agent {
             return Err("agent.functions must be at least 1 for vep".into());
+        }
+        Ok(())
+    }
+
+    /// Refuses a run whose replay buffer and networks would not fit in the memory available
+    /// (`MemAvailable` of /proc/meminfo; skipped where it cannot be read), before allocating.
+    fn check_memory(&self, obs_dim: usize) -> Result<(), String> {
+        let cap = self
+            .replay
+            .capacity
+            .map_or(self.total_steps as f64, |c| c as f64);
+        // obs, next_obs, action (f32), reward (f64), ending (u8), priority (f64).
+        let replay = cap * ((2 * obs_dim + 1) as f64 * 4.0 + 17.0);
+        let mlp = |input: usize, hidden: &[usize], output: usize| {
+            let mut w = vec![input as f64];
+            w.extend(hidden.iter().map(|&h| h as f64));
+            w.push(output as f64);
+            w.windows(2).map(|p| (p[0] + 1.0) * p[1]).sum::<f64>()
+        };
+        let (o, h) = (obs_dim + 8, &self.model.hidden);
+        let params = 2.0 * mlp(obs_dim, &self.q.hidden, 8) + mlp(o, h, obs_dim) + mlp(o, h, 1);
+        // Parameters, target, Adam moments, gradients and activations: a generous 16 copies.
+        let need = replay + params * 8.0 * 16.0;
+        let Some(avail) = mem_available() else {
+            return Ok(());
+        };
+        if need > avail {
+            let gib = |b: f64| b / (1u64 << 30) as f64;
+            return Err(format!(
+                "this run needs ≈ {:.1} GiB (replay buffer of {cap:.0} transitions: {:.1} GiB; networks: {:.1} GiB), more than the {:.1} GiB available: lower total_steps or replay.capacity, or q.hidden/model.hidden",
+                gib(need),
+                gib(replay),
+                gib(need - replay),
+                gib(avail)
+            ));
         }
         Ok(())
     }
@@ -273,6 +318,19 @@ pub enum TrainError {
     #[error("checkpoint {0}: {1}")]
     Checkpoint(String, String),
 }
+
+/// Bytes of memory available to a new process (Linux `MemAvailable`), if known.
+fn mem_available() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// The checkpoint format this build writes and reads (1: datasets under agent/, buffer/, state/
+/// with a CRC-32 of them in meta/checksum).
+pub const CHECKPOINT_VERSION: u64 = 1;
+const CHECKSUMMED: [&str; 3] = ["agent", "buffer", "state"];
 
 /// What one env step did.
 #[derive(Debug, Clone, Copy, Default)]
@@ -481,15 +539,88 @@ impl Trainer {
         h5io::put(&s, "ep_return", &[self.ep_return])?;
         h5io::put(&s, "obs", &self.obs)?;
         h5io::put(&s, "env_state", self.env.state())?;
+        let sum = h5io::digest(&f, &CHECKSUMMED)?;
+        let m = f.create_group("meta")?;
+        h5io::put_u64(&m, "format_version", CHECKPOINT_VERSION)?;
+        h5io::put_u64(&m, "checksum", sum as u64)?;
         Ok(())
     }
 
-    /// Rebuilds the trainer of `cfg` and restores the state saved by [`save_checkpoint`].
+    /// Rebuilds the trainer of `cfg` and restores the state saved by [`save_checkpoint`], after
+    /// checking the format version, the checksum of every dataset and the invariants of what it
+    /// holds (sizes, counters, finite parameters and optimiser states). Any failure is
+    /// [`TrainError::Checkpoint`], naming the file and what is wrong.
     pub fn load_checkpoint(cfg: TrainConfig, path: &Path) -> Result<Self, TrainError> {
+        let src = path.display().to_string();
+        let bad = |why: String| TrainError::Checkpoint(src.clone(), why);
+        let t = Self::load_unchecked(cfg, path).map_err(|e| match e {
+            TrainError::Checkpoint(..) | TrainError::Config(_) => e,
+            other => bad(format!("unreadable or damaged ({other})")),
+        })?;
+        t.check_invariants().map_err(bad)?;
+        Ok(t)
+    }
+
+    /// What a consistent checkpoint satisfies.
+    fn check_invariants(&self) -> Result<(), String> {
+        let ag = &self.agent;
+        for (name, v) in [
+            ("agent/q", &ag.q),
+            ("agent/q_target", &ag.q_target),
+            ("agent/omega", &ag.omega),
+            ("agent/q_opt_m", &ag.q_opt.m),
+            ("agent/q_opt_v", &ag.q_opt.v),
+            ("agent/model_opt_m", &ag.model_opt.m),
+            ("agent/model_opt_v", &ag.model_opt.v),
+        ] {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(format!("{name}[{i}] = {} is not finite", v[i]));
+            }
+        }
+        if self.episode > self.step || self.ep_len > self.step {
+            return Err(format!(
+                "counters out of range (step {}, episode {}, episode length {})",
+                self.step, self.episode, self.ep_len
+            ));
+        }
+        let want = (self.step as usize).min(self.buffer.capacity());
+        if self.buffer.len() != want {
+            return Err(format!(
+                "the replay buffer holds {} transitions after {} steps (capacity {}): expected {want}",
+                self.buffer.len(),
+                self.step,
+                self.buffer.capacity()
+            ));
+        }
+        if !self.ep_return.is_finite() || self.obs.iter().any(|x| !x.is_finite()) {
+            return Err("the episode state is not finite".into());
+        }
+        Ok(())
+    }
+
+    fn load_unchecked(cfg: TrainConfig, path: &Path) -> Result<Self, TrainError> {
         let mut t = Trainer::new(cfg)?;
         let src = path.display().to_string();
         let bad = |why: String| TrainError::Checkpoint(src.clone(), why);
         let f = hdf5::File::open(path)?;
+        let version = f
+            .group("meta")
+            .and_then(|m| h5io::get_u64(&m, "format_version"))
+            .map_err(|_| {
+                bad("no format version: damaged, or written by a funcrl before checkpoints carried a checksum".into())
+            })?;
+        if version != CHECKPOINT_VERSION {
+            return Err(bad(format!(
+                "format version {version}; this funcrl reads version {CHECKPOINT_VERSION}"
+            )));
+        }
+        let stored = h5io::get_u64(&f.group("meta")?, "checksum")?;
+        let sum = h5io::digest(&f, &CHECKSUMMED)? as u64;
+        if sum != stored {
+            return Err(bad(format!(
+                "checksum mismatch (stored {stored:#010x}, contents {sum:#010x}): the file is damaged"
+            )));
+        }
         let a = f.group("agent")?;
         let load = |len: usize, name: &str| -> Result<Vec<f64>, TrainError> {
             let v = h5io::get::<f64>(&a, name)?;

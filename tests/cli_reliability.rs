@@ -1,0 +1,321 @@
+//! Failures that must not be silent: damaged checkpoints and logs are refused (exit 2, nothing in
+//! the run directory changed), a live run cannot be resumed twice, SIGTERM stops `train` at a
+//! checkpoint that resumes to the uninterrupted run's numbers, and SIGTERM to `compare` leaves
+//! none of its children running.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_funcrl");
+
+fn config(agent: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("configs/rl/cartpole_{agent}.toml"))
+        .display()
+        .to_string()
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("funcrl-cli-rel-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn small(total: u64) -> Vec<String> {
+    [
+        format!("total_steps={total}"),
+        "warmup_steps=200".into(),
+        "batch_size=32".into(),
+        "eval_every=200".into(),
+        "eval_episodes=2".into(),
+        "checkpoint_every=200".into(),
+        "replay.capacity=100000".into(),
+    ]
+    .into_iter()
+    .flat_map(|s| ["--set".to_string(), s])
+    .collect()
+}
+
+fn train(args: &[String]) -> Output {
+    Command::new(BIN).arg("train").args(args).output().unwrap()
+}
+
+fn run_dir(out: &Output) -> PathBuf {
+    assert!(
+        out.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout.clone()).unwrap().trim())
+}
+
+fn new_run(tag: &str, total: u64) -> PathBuf {
+    let out = tmp(tag);
+    let mut args = vec![
+        "--config".to_string(),
+        config("funcid"),
+        "--out".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+    ];
+    args.extend(small(total));
+    run_dir(&train(&args))
+}
+
+fn resume(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--resume".to_string(),
+        dir.display().to_string(),
+        "--quiet".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    train(&args)
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&[b[0] ^ 0x5a]).unwrap();
+}
+
+/// File offset of a dataset's values (contiguous layout).
+fn offset(ckpt: &Path, dataset: &str) -> u64 {
+    let f = hdf5::File::open(ckpt).unwrap();
+    f.dataset(dataset).unwrap().offset().expect("contiguous")
+}
+
+#[test]
+fn damaged_checkpoints_and_logs_are_refused_and_change_nothing() {
+    let dir = new_run("damage", 400);
+    let ckpt = dir.join("checkpoint.h5");
+    let good = std::fs::read(&ckpt).unwrap();
+    let config = std::fs::read(dir.join("config.toml")).unwrap();
+    // Bytes flipped inside the Q weights, the replay observations and the counters; then a
+    // truncated file.
+    for (ds, at) in [
+        ("agent/q", 40),
+        ("buffer/obs", 1000),
+        ("state/counters", 0),
+        ("agent/model_opt_v", 8),
+    ] {
+        std::fs::write(&ckpt, &good).unwrap();
+        flip(&ckpt, offset(&ckpt, ds) + at);
+        let r = resume(&dir, &["--set", "total_steps=600"]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{ds}: {err}");
+        assert!(
+            err.contains("checkpoint.h5") && err.contains("damaged"),
+            "{ds}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("config.toml")).unwrap(),
+            config,
+            "{ds}"
+        );
+    }
+    std::fs::write(&ckpt, &good[..good.len() / 2]).unwrap();
+    let r = resume(&dir, &["--set", "total_steps=600"]);
+    assert_eq!(
+        r.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(std::fs::read(dir.join("config.toml")).unwrap(), config);
+
+    // A damaged log line is named, not skipped.
+    std::fs::write(&ckpt, &good).unwrap();
+    let evals = std::fs::read_to_string(dir.join("evals.csv")).unwrap();
+    let mut lines: Vec<String> = evals.lines().map(String::from).collect();
+    lines[1] = lines[1].replacen(',', ",x", 1);
+    std::fs::write(dir.join("evals.csv"), lines.join("\n") + "\n").unwrap();
+    let r = resume(&dir, &["--set", "total_steps=600"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("evals.csv, line 2"), "{err}");
+    assert_eq!(std::fs::read(dir.join("config.toml")).unwrap(), config);
+
+    // Intact files resume.
+    std::fs::write(dir.join("evals.csv"), evals).unwrap();
+    let r = resume(&dir, &["--set", "total_steps=600"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
+fn a_run_held_by_a_live_process_is_not_resumed_twice() {
+    let dir = new_run("lock", 400);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("run.lock"))
+        .unwrap();
+    f.try_lock().unwrap();
+    let r = resume(&dir, &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("in use by another funcrl process"), "{err}");
+    drop(f);
+    assert!(resume(&dir, &[]).status.success());
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(pid: u32) {
+    // SAFETY: kill(2) on a child we spawned.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+fn rows(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect()
+}
+
+#[test]
+fn sigterm_stops_train_at_a_checkpoint_that_resumes_exactly() {
+    let total = 6000;
+    let reference = new_run("sig-ref", total);
+    let out = tmp("sig");
+    let mut args = vec![
+        "train".to_string(),
+        "--config".into(),
+        config("funcid"),
+        "--out".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+    ];
+    args.extend(small(total));
+    let child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop it once updates have started (after the 200 warm-up steps).
+    wait_for("the first loss rows", Duration::from_secs(60), || {
+        std::fs::read_dir(&out).unwrap().flatten().any(|d| {
+            std::fs::read_to_string(d.path().join("losses.csv"))
+                .is_ok_and(|t| t.lines().count() > 3)
+        })
+    });
+    sigterm(child.id());
+    let r = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(143), "{err}");
+    assert!(err.contains("stopped by SIGTERM at step"), "{err}");
+    let dir = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(dir.join("run.log")).unwrap();
+    assert!(log.contains("resume with: funcrl train --resume"), "{log}");
+    assert!(!dir.join("summary.json").exists());
+    let stopped_at = rows(&dir.join("losses.csv")).len();
+    assert!(
+        stopped_at < (total / 100) as usize,
+        "it stopped before the end"
+    );
+
+    let r = resume(&dir, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("losses.csv")).unwrap(),
+        std::fs::read_to_string(reference.join("losses.csv")).unwrap()
+    );
+    let returns = |d: &Path| -> Vec<Vec<String>> {
+        rows(&d.join("evals.csv"))
+            .into_iter()
+            .map(|r| r[..3].to_vec())
+            .collect()
+    };
+    assert_eq!(returns(&dir), returns(&reference));
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[test]
+fn sigterm_to_compare_stops_every_child() {
+    let out = tmp("compare-sig");
+    let o = out.display().to_string();
+    let mut args = vec![
+        "compare".to_string(),
+        "--config".into(),
+        config("mle"),
+        config("funcid"),
+        "--seeds".into(),
+        "0,1".into(),
+        "--jobs".into(),
+        "2".into(),
+        "--out".into(),
+        o.clone(),
+    ];
+    args.extend(small(200_000));
+    let child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = out.join("runs");
+    wait_for("two running children", Duration::from_secs(60), || {
+        ["0_mle_0", "0_mle_1"].iter().all(|j| {
+            std::fs::read_dir(runs.join(j))
+                .map(|mut d| d.any(|e| e.unwrap().path().join("losses.csv").is_file()))
+                .unwrap_or(false)
+        })
+    });
+    sigterm(child.id());
+    let r = child.wait_with_output().unwrap();
+    assert_eq!(
+        r.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(processes_with(&o), 0, "children left running");
+    // Each child stopped at a checkpoint that a rerun resumes.
+    for j in ["0_mle_0", "0_mle_1"] {
+        let d = std::fs::read_dir(runs.join(j))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("config.toml").is_file())
+            .unwrap();
+        let log = std::fs::read_to_string(d.join("run.log")).unwrap();
+        assert!(log.contains("stopped by SIGTERM"), "{j}: {log}");
+        assert!(d.join("checkpoint.h5").is_file());
+    }
+}
