@@ -58,6 +58,8 @@ pub struct CompareArgs {
 /// One child run: `config` with `overrides` and `seed`, into its own folder `out`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 struct Job {
+    /// For messages only: a job is what it runs (config, seed, overrides), not its name.
+    #[serde(skip)]
     label: String,
     config: PathBuf,
     seed: u64,
@@ -112,8 +114,17 @@ fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<Vec<PathBuf>> {
             std::fs::create_dir_all(&job.out)?;
             let record = serde_json::to_string_pretty(job)?;
             let job_file = job.out.join(JOB);
+            let same = |old: &str| {
+                let (a, b): (serde_json::Value, serde_json::Value) = (
+                    serde_json::from_str(old).unwrap_or_default(),
+                    serde_json::to_value(job).unwrap_or_default(),
+                );
+                ["config", "seed", "overrides"]
+                    .iter()
+                    .all(|k| a.get(k) == b.get(k))
+            };
             match std::fs::read_to_string(&job_file) {
-                Ok(old) if old != record => {
+                Ok(old) if !same(&old) => {
                     stop_all(&mut running);
                     return Err(UsageError::new(format!(
                         "{} holds runs of a different job ({}); use another --out",
