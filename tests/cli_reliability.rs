@@ -319,3 +319,115 @@ fn sigterm_to_compare_stops_every_child() {
         assert!(d.join("checkpoint.h5").is_file());
     }
 }
+
+/// No value reachable through `--set` may panic, hang or leave a run directory behind when it is
+/// refused: every adversarial value of every numeric or list field exits with 0 or 2 (or 1 from the
+/// NaN/Inf guard, with its message).
+#[test]
+fn adversarial_set_values_exit_0_or_2_and_never_panic() {
+    let keys = [
+        "total_steps",
+        "warmup_steps",
+        "batch_size",
+        "eval_every",
+        "eval_episodes",
+        "checkpoint_every",
+        "log_every",
+        "updates_per_step",
+        "action_bins",
+        "q.lr",
+        "q.tau",
+        "q.gamma",
+        "q.alpha",
+        "q.epsilon",
+        "q.hidden",
+        "q.steps",
+        "model.lr",
+        "model.hidden",
+        "model.grad_clip",
+        "replay.capacity",
+        "agent.adjoint_steps",
+    ];
+    let values = [
+        "0",
+        "-1",
+        "1e300",
+        "nan",
+        "inf",
+        "18446744073709551615",
+        "9223372036854775807",
+        "[]",
+        "[0]",
+        "[1000000000]",
+        "\"x\"",
+        "true",
+    ];
+    let out = tmp("fuzz");
+    let o = out.display().to_string();
+    for key in keys {
+        for v in values {
+            let mut args = vec![
+                "train".to_string(),
+                "--config".into(),
+                config("funcid"),
+                "--out".into(),
+                o.clone(),
+                "--quiet".into(),
+            ];
+            args.extend(small(400));
+            args.extend(["--set".to_string(), format!("{key}={v}")]);
+            let mut child = Command::new(BIN)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let t = Instant::now();
+            // A run of 9.2e18 steps on a bounded replay buffer is a legal (long) request: it only
+            // has to be running.
+            let long_run = key == "total_steps" && v == "9223372036854775807";
+            let limit = Duration::from_secs(if long_run { 3 } else { 30 });
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break Some(s);
+                }
+                if t.elapsed() > limit {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    if long_run {
+                        break None;
+                    }
+                    panic!("{key}={v}: still running after 30 s");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let Some(status) = status else {
+                let _ = std::fs::remove_dir_all(&out);
+                std::fs::create_dir_all(&out).unwrap();
+                continue;
+            };
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            let code = status.code();
+            // Exit 1 only as the designed NaN/Inf stop (a learning rate of 1e300 is legal).
+            let nan_stop = code == Some(1) && err.contains("run stopped; the last good checkpoint");
+            assert!(
+                code == Some(0) || code == Some(2) || nan_stop,
+                "{key}={v}: exit {code:?}: {err}"
+            );
+            if code == Some(2) {
+                assert!(
+                    std::fs::read_dir(&out).unwrap().count() == 0,
+                    "{key}={v}: refused but left a run directory"
+                );
+            }
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::create_dir_all(&out).unwrap();
+        }
+    }
+}

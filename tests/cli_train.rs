@@ -226,7 +226,7 @@ fn config_errors_name_the_field_and_exit_2() {
         ),
         (
             &["--set", "env=Pendulum-v1", "--set", "action_bins=1"],
-            &["action_bins must be at least 2"],
+            &["action_bins must lie in 2..=10000"],
         ),
         (&["--set", "env=CartPole-v9"], &["CartPole-v1"]),
         (

@@ -139,8 +139,8 @@ impl ActionMap {
                     ));
                 }
                 let k = bins.unwrap_or(5);
-                if k < 2 {
-                    return Err(format!("action_bins must be at least 2, got {k}"));
+                if !(2..=10_000).contains(&k) {
+                    return Err(format!("action_bins must lie in 2..=10000, got {k}"));
                 }
                 let (lo, hi) = (low[0] as f64, high[0] as f64);
                 Ok(ActionMap::Grid(
@@ -213,6 +213,30 @@ impl TrainConfig {
         widths("model.hidden", &self.model.hidden)?;
         if let ModelLearning::Vep { hidden, .. } = &self.agent {
             widths("agent.hidden", hidden)?;
+        }
+        // Sanity bounds on counts that multiply the work of every step or evaluation, so that a
+        // typo is an error instead of a run that never finishes.
+        let at_most = |name: &str, v: u64, max: u64| {
+            if v > max {
+                Err(format!("{name} = {v} is above the sane bound {max}"))
+            } else {
+                Ok(())
+            }
+        };
+        at_most("eval_episodes", self.eval_episodes, 100_000)?;
+        at_most("updates_per_step", self.updates_per_step, 1_000)?;
+        at_most("q.steps", self.q.steps as u64, 1_000)?;
+        match &self.agent {
+            ModelLearning::Funcid { adjoint_steps, .. } => {
+                at_most("agent.adjoint_steps", *adjoint_steps as u64, 10_000)?
+            }
+            ModelLearning::Omd { cg_iterations, .. } => {
+                at_most("agent.cg_iterations", *cg_iterations as u64, 10_000)?
+            }
+            ModelLearning::Vep { functions, .. } => {
+                at_most("agent.functions", *functions as u64, 1_000)?
+            }
+            _ => {}
         }
         if self.total_steps <= self.warmup_steps {
             return Err(format!(
