@@ -431,3 +431,110 @@ fn adversarial_set_values_exit_0_or_2_and_never_panic() {
         }
     }
 }
+
+/// The same for deep IV runs: adversarial values exit 0 or 2, never a panic or an abort, and a
+/// refused run leaves no run directory.
+#[test]
+fn adversarial_iv_values_exit_0_or_2_and_never_panic() {
+    let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("configs/iv/dsprites_funcid.toml")
+        .display()
+        .to_string();
+    let out = tmp("ivfuzz");
+    let o = out.display().to_string();
+    let base = [
+        "data.n=200",
+        "iterations=2",
+        "network.treatment_hidden=[8]",
+        "network.instrument_hidden=[8]",
+        "network.features=4",
+        "inner.steps=2",
+        "method.steps=2",
+    ];
+    let keys = [
+        "iterations",
+        "data.n",
+        "stage2_ridge",
+        "inner.ridge",
+        "inner.steps",
+        "network.features",
+        "network.treatment_hidden",
+        "outer_optimizer.lr",
+        "outer_optimizer.weight_decay",
+        "method.optimizer.lr",
+    ];
+    let values = [
+        "0",
+        "-1",
+        "nan",
+        "inf",
+        "1e300",
+        "[]",
+        "[0]",
+        "1000000000",
+        "\"x\"",
+    ];
+    for key in keys {
+        for v in values {
+            let mut args = vec!["iv".to_string(), "--config".into(), cfg.clone()];
+            for b in base {
+                args.extend(["--set".to_string(), b.to_string()]);
+            }
+            args.extend([
+                "--set".to_string(),
+                format!("out={o}"),
+                "--set".into(),
+                format!("{key}={v}"),
+            ]);
+            let mut child = Command::new(BIN)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let t = Instant::now();
+            // A billion iterations is a legal (long) request: it only has to be running.
+            let long_run = key == "iterations" && v == "1000000000";
+            let limit = Duration::from_secs(if long_run { 3 } else { 60 });
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break Some(s);
+                }
+                if t.elapsed() > limit {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    if long_run {
+                        break None;
+                    }
+                    panic!("{key}={v}: still running after 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let Some(status) = status else {
+                let _ = std::fs::remove_dir_all(&out);
+                continue;
+            };
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            let code = status.code();
+            // Exit 1 only from the fit's own non-finite-loss stop (a step size of 1e300).
+            let diverged = code == Some(1) && err.contains("is not finite");
+            assert!(
+                code == Some(0) || code == Some(2) || diverged,
+                "{key}={v}: exit {code:?}: {err}"
+            );
+            if code == Some(2) {
+                assert!(
+                    !out.exists() || std::fs::read_dir(&out).unwrap().count() == 0,
+                    "{key}={v}: refused but left a run directory"
+                );
+            }
+            let _ = std::fs::remove_dir_all(&out);
+        }
+    }
+}

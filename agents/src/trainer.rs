@@ -279,7 +279,7 @@ impl TrainConfig {
         let params = 2.0 * mlp(obs_dim, &self.q.hidden, 8) + mlp(o, h, obs_dim) + mlp(o, h, 1);
         // Parameters, target, Adam moments, gradients and activations: a generous 16 copies.
         let need = replay + params * 8.0 * 16.0;
-        let Some(avail) = mem_available() else {
+        let Some(avail) = funcrl_bilevel::ctx::mem_available_bytes() else {
             return Ok(());
         };
         if need > avail {
@@ -341,14 +341,6 @@ pub enum TrainError {
     Hdf5(#[from] hdf5::Error),
     #[error("checkpoint {0}: {1}")]
     Checkpoint(String, String),
-}
-
-/// Bytes of memory available to a new process (Linux `MemAvailable`), if known.
-fn mem_available() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024.0)
 }
 
 /// The checkpoint format this build writes and reads (1: datasets under agent/, buffer/, state/

@@ -130,3 +130,12 @@ pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
 pub fn scalar(t: Tensor<1>) -> f64 {
     to_vec(&t)[0]
 }
+
+/// Bytes of memory available to a new process (Linux `MemAvailable`), if known: for refusing a run
+/// that would not fit before allocating it.
+pub fn mem_available_bytes() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}

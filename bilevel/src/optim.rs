@@ -39,6 +39,40 @@ pub enum OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// Refuses values no optimiser can use, naming `field`: a learning rate that is not a finite
+    /// positive number, a negative or non-finite weight decay, betas outside [0, 1), ε ≤ 0.
+    pub fn check(&self, field: &str) -> Result<(), String> {
+        let (lr, wd) = match self {
+            OptimizerConfig::Sgd { lr, weight_decay } => (*lr, *weight_decay),
+            OptimizerConfig::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                for (name, b) in [("beta1", beta1), ("beta2", beta2)] {
+                    if !(0.0..1.0).contains(b) {
+                        return Err(format!("{field}.{name} = {b}: must lie in [0, 1)"));
+                    }
+                }
+                if !(eps.is_finite() && *eps > 0.0) {
+                    return Err(format!("{field}.eps = {eps}: must be a finite number > 0"));
+                }
+                (*lr, *weight_decay)
+            }
+        };
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("{field}.lr = {lr}: must be a finite number > 0"));
+        }
+        if !(wd.is_finite() && wd >= 0.0) {
+            return Err(format!(
+                "{field}.weight_decay = {wd}: must be a finite number ≥ 0"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn adam(lr: f64) -> Self {
         OptimizerConfig::Adam {
             lr,

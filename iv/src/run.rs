@@ -305,6 +305,82 @@ impl IvConfig {
             .to_string()
     }
 
+    /// Values no run can use, as errors naming the field (checked before anything is allocated
+    /// or written): ridges negative or not finite, unusable optimiser settings, and data or
+    /// networks that would not fit in the memory available.
+    pub fn check_values(&self) -> Result<(), InputError> {
+        let ridge = |field: &str, r: f64| {
+            if r.is_finite() && r >= 0.0 {
+                Ok(())
+            } else {
+                Err(InputError::new(format!(
+                    "{field} = {r}: must be a finite number ≥ 0"
+                )))
+            }
+        };
+        // Steps inside one outer iteration: a typo here would make one iteration endless.
+        let steps = |field: &str, v: usize| {
+            if v > 100_000 {
+                Err(InputError::new(format!(
+                    "{field} = {v} is above the sane bound 100000"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        steps("inner.steps", self.inner.steps)?;
+        for k in ["steps", "iterations", "unroll"] {
+            if let Some(v) = self.method.get(k).and_then(|v| v.as_integer()) {
+                steps(&format!("method.{k}"), v.max(0) as usize)?;
+            }
+        }
+        ridge("stage2_ridge", self.stage2_ridge)?;
+        ridge("inner.ridge", self.inner.ridge)?;
+        if let Some(r) = self.method.get("ridge").and_then(|v| v.as_float()) {
+            ridge("method.ridge", r)?;
+        }
+        self.inner
+            .optimizer
+            .check("inner.optimizer")
+            .map_err(InputError::new)?;
+        self.outer_optimizer
+            .check("outer_optimizer")
+            .map_err(InputError::new)?;
+        if let Some(o) = self.method.get("optimizer") {
+            let o = OptimizerConfig::deserialize(o.clone())
+                .map_err(|e| InputError::new(format!("method.optimizer: {}", e.message())))?;
+            o.check("method.optimizer").map_err(InputError::new)?;
+        }
+        // Rough footprint: the data (dSprites rows hold 64×64 pixels) in a few copies, and the
+        // networks' parameters with optimiser states and activations.
+        let (rows, width) = match &self.data {
+            DataConfig::Dsprites { n, .. } => (*n as f64, 4096.0 + 8.0),
+            DataConfig::Demand { n, .. } => (*n as f64, 16.0),
+            DataConfig::Linear { n, d_t, d_z } => (*n as f64, (*d_t + *d_z + 2) as f64),
+            DataConfig::File { .. } => (0.0, 0.0),
+        };
+        let net = &self.network;
+        let mlp = |hidden: &[usize]| {
+            let mut w = vec![4096.0];
+            w.extend(hidden.iter().map(|&h| h as f64));
+            w.push(net.features as f64);
+            w.windows(2).map(|p| (p[0] + 1.0) * p[1]).sum::<f64>()
+        };
+        let params = mlp(&net.treatment_hidden) + mlp(&net.instrument_hidden);
+        let need = rows * width * 8.0 * 4.0 + params * 8.0 * 16.0;
+        if let Some(avail) = funcrl_bilevel::ctx::mem_available_bytes()
+            && need > avail
+        {
+            let gib = |b: f64| b / (1u64 << 30) as f64;
+            return Err(InputError::new(format!(
+                "this run needs ≈ {:.1} GiB, more than the {:.1} GiB available: lower data.n or the network widths",
+                gib(need),
+                gib(avail)
+            )));
+        }
+        Ok(())
+    }
+
     pub fn resolve(&self) -> Result<Resolved, InputError> {
         let name = self.method_name();
         let mut inner = self.inner.clone();

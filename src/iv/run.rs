@@ -125,9 +125,19 @@ impl FitObserver for RunLog<'_> {
 
 /// Runs the configured method; writes the run directory; returns the result.
 pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
-    cfg.resolve()?;
+    // Everything the config and the data can rule out is checked before the run directory exists.
+    let resolved = cfg.resolve()?;
+    cfg.check_values()?;
     let ds = generate::build(&cfg.data, cfg.seed)?;
     ds.check().map_err(UsageError::new)?;
+    if !matches!(resolved, funcrl_iv::run::Resolved::TwoSls) {
+        if ds.rows() < 4 {
+            return Err(
+                UsageError::new(format!("{} rows: deep IV needs at least 4", ds.rows())).into(),
+            );
+        }
+        funcrl_iv::run::check_network(&cfg.network, &ds)?;
+    }
     let kind = match &cfg.data {
         DataConfig::Dsprites { .. } => "dsprites",
         DataConfig::Demand { .. } => "demand",
