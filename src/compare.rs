@@ -492,12 +492,18 @@ fn report(
         false,
     )?;
     // Performance profile of the AUC: the fraction of runs above each score τ, with 95 % CIs.
-    let top = all
+    // τ spans the scores seen (Acrobot's returns are negative), a little beyond both ends.
+    let (lo, hi) = all
         .iter()
         .flat_map(|s| s.auc.iter().copied())
-        .fold(0.0f64, f64::max)
-        .max(1.0);
-    let taus: Vec<f64> = (0..=100).map(|i| top * i as f64 / 100.0).collect();
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+    let pad = ((hi - lo) * 0.05).max(1.0);
+    let (lo, hi) = (lo.min(0.0) - pad, hi + pad);
+    let taus: Vec<f64> = (0..=100)
+        .map(|i| lo + (hi - lo) * i as f64 / 100.0)
+        .collect();
     let pb = Bootstrap {
         reps: 2000.min(args.reps),
         ..b
