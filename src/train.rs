@@ -199,12 +199,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
         }
         let ckpt_due = cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every);
         if ckpt_due || trainer.done() {
-            write_atomic_with(&run.file(CHECKPOINT), |tmp| {
-                trainer
-                    .save_checkpoint(tmp)
-                    .map_err(|e| anyhow::anyhow!("writing checkpoint: {e}"))
-            })?;
-            write_log_h5(&run)?;
+            save(&run, &trainer)?;
             last_ckpt = Some(step);
         }
         bar.set_position(step);
@@ -215,12 +210,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
             && !trainer.done()
         {
             // Save exactly where we are, so that --resume continues this run.
-            write_atomic_with(&run.file(CHECKPOINT), |tmp| {
-                trainer
-                    .save_checkpoint(tmp)
-                    .map_err(|e| anyhow::anyhow!("writing checkpoint: {e}"))
-            })?;
-            write_log_h5(&run)?;
+            save(&run, &trainer)?;
             let message = format!(
                 "stopped by {} at step {}; checkpoint written; resume with: funcrl train --resume {}",
                 crate::signals::name(sig),
@@ -246,6 +236,16 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
         summary.final_return
     ))?;
     Ok(run.path().to_path_buf())
+}
+
+/// Writes the checkpoint (atomically) and the HDF5 copy of the logs.
+fn save(run: &RunDir, trainer: &Trainer) -> anyhow::Result<()> {
+    write_atomic_with(&run.file(CHECKPOINT), |tmp| {
+        trainer
+            .save_checkpoint(tmp)
+            .map_err(|e| anyhow::anyhow!("writing checkpoint: {e}"))
+    })?;
+    write_log_h5(run)
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {

@@ -8,21 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_funcrl");
-
-fn config(agent: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("configs/rl/cartpole_{agent}.toml"))
-        .display()
-        .to_string()
-}
-
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("funcrl-cli-rel-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{BIN, config, run_dir, tmp};
 
 fn small(total: u64) -> Vec<String> {
     [
@@ -41,15 +28,6 @@ fn small(total: u64) -> Vec<String> {
 
 fn train(args: &[String]) -> Output {
     Command::new(BIN).arg("train").args(args).output().unwrap()
-}
-
-fn run_dir(out: &Output) -> PathBuf {
-    assert!(
-        out.status.success(),
-        "train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout.clone()).unwrap().trim())
 }
 
 fn new_run(tag: &str, total: u64) -> PathBuf {
@@ -320,6 +298,48 @@ fn sigterm_to_compare_stops_every_child() {
     }
 }
 
+/// Runs `funcrl args`; returns its exit status and stderr, or None when `long_run` and it was
+/// still running after 3 s (a legal long request). Fails the test if it runs past `limit`.
+fn run_limited(
+    args: &[String],
+    limit: Duration,
+    long_run: bool,
+    what: &str,
+) -> Option<(Option<i32>, String)> {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let limit = if long_run {
+        Duration::from_secs(3)
+    } else {
+        limit
+    };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(long_run, "{what}: still running after {limit:?}");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    Some((status.code(), err))
+}
+
 /// No value reachable through `--set` may panic, hang or leave a run directory behind when it is
 /// refused: every adversarial value of every numeric or list field exits with 0 or 2 (or 1 from the
 /// NaN/Inf guard, with its message).
@@ -376,44 +396,16 @@ fn adversarial_set_values_exit_0_or_2_and_never_panic() {
             ];
             args.extend(small(400));
             args.extend(["--set".to_string(), format!("{key}={v}")]);
-            let mut child = Command::new(BIN)
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let t = Instant::now();
             // A run of 9.2e18 steps on a bounded replay buffer is a legal (long) request: it only
             // has to be running.
             let long_run = key == "total_steps" && v == "9223372036854775807";
-            let limit = Duration::from_secs(if long_run { 3 } else { 30 });
-            let status = loop {
-                if let Some(s) = child.try_wait().unwrap() {
-                    break Some(s);
-                }
-                if t.elapsed() > limit {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    if long_run {
-                        break None;
-                    }
-                    panic!("{key}={v}: still running after 30 s");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            };
-            let Some(status) = status else {
+            let what = format!("{key}={v}");
+            let Some((code, err)) = run_limited(&args, Duration::from_secs(30), long_run, &what)
+            else {
                 let _ = std::fs::remove_dir_all(&out);
                 std::fs::create_dir_all(&out).unwrap();
                 continue;
             };
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            let code = status.code();
             // Exit 1 only as the designed NaN/Inf stop (a learning rate of 1e300 is legal).
             let nan_stop = code == Some(1) && err.contains("run stopped; the last good checkpoint");
             assert!(
@@ -486,42 +478,14 @@ fn adversarial_iv_values_exit_0_or_2_and_never_panic() {
                 "--set".into(),
                 format!("{key}={v}"),
             ]);
-            let mut child = Command::new(BIN)
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let t = Instant::now();
             // A billion iterations is a legal (long) request: it only has to be running.
             let long_run = key == "iterations" && v == "1000000000";
-            let limit = Duration::from_secs(if long_run { 3 } else { 60 });
-            let status = loop {
-                if let Some(s) = child.try_wait().unwrap() {
-                    break Some(s);
-                }
-                if t.elapsed() > limit {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    if long_run {
-                        break None;
-                    }
-                    panic!("{key}={v}: still running after 60 s");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            };
-            let Some(status) = status else {
+            let what = format!("{key}={v}");
+            let Some((code, err)) = run_limited(&args, Duration::from_secs(60), long_run, &what)
+            else {
                 let _ = std::fs::remove_dir_all(&out);
                 continue;
             };
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            let code = status.code();
             // Exit 1 only from the fit's own non-finite-loss stop (a step size of 1e300).
             let diverged = code == Some(1) && err.contains("is not finite");
             assert!(

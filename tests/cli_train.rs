@@ -1,28 +1,11 @@
 //! End-to-end tests of `funcrl train` / `funcrl compare`: a smoke run of every agent, resume
 //! equality, the NaN/Inf stop, config errors (exit 2), and a small compare.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_funcrl");
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn config(agent: &str) -> String {
-    root()
-        .join(format!("configs/rl/cartpole_{agent}.toml"))
-        .display()
-        .to_string()
-}
-
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("funcrl-cli-train-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{BIN, config, run_dir, tmp};
 
 /// A tiny budget: 200 random steps, 200 steps with updates on batches of 32.
 const SMALL: &[&str] = &[
@@ -45,15 +28,6 @@ const SMALL: &[&str] = &[
 
 fn train(args: &[&str]) -> Output {
     Command::new(BIN).arg("train").args(args).output().unwrap()
-}
-
-fn run_dir(out: &Output) -> PathBuf {
-    assert!(
-        out.status.success(),
-        "train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout.clone()).unwrap().trim())
 }
 
 fn rows(path: &Path) -> Vec<Vec<f64>> {
