@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::Args;
 use funcrl_agents::inspect::{self, ModelReport};
 use funcrl_agents::{ActionMap, Trainer};
@@ -54,8 +53,14 @@ pub fn inspect_run(args: &InspectArgs) -> anyhow::Result<ModelReport> {
         ))
         .into());
     }
-    let t = Trainer::load_checkpoint(cfg.clone(), &ckpt)
-        .with_context(|| format!("reading {}", ckpt.display()))?;
+    let (t, legacy) = Trainer::load_checkpoint_for_reading(cfg.clone(), &ckpt)
+        .map_err(|e| UsageError::new(format!("cannot inspect: {e}")))?;
+    if legacy {
+        eprintln!(
+            "note: {} predates checkpoint checksums; read without verifying it",
+            ckpt.display()
+        );
+    }
     let env = funcrl_envs::make(&cfg.env)?;
     let actions = ActionMap::new(&env.action_space(), &cfg.env, cfg.action_bins)
         .map_err(|e| anyhow::anyhow!(e))?;

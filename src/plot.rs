@@ -171,6 +171,14 @@ where
     chart
         .configure_mesh()
         .x_label_formatter(&|v| compact(*v))
+        // Short tick labels on both axes (a log axis's default ones run to 18 digits).
+        .y_label_formatter(&|v| {
+            if *v != 0.0 && v.abs() < 1e-3 {
+                format!("{v:.0e}")
+            } else {
+                compact(*v)
+            }
+        })
         .x_desc(x_label)
         .y_desc(y_label)
         .label_style(("sans-serif", 15))

@@ -567,9 +567,26 @@ impl Trainer {
     /// holds (sizes, counters, finite parameters and optimiser states). Any failure is
     /// [`TrainError::Checkpoint`], naming the file and what is wrong.
     pub fn load_checkpoint(cfg: TrainConfig, path: &Path) -> Result<Self, TrainError> {
+        Self::load_verified(cfg, path, false)
+    }
+
+    /// For reading only (`funcrl inspect`): like [`Trainer::load_checkpoint`], but a checkpoint
+    /// written before checkpoints carried a format version and checksum is accepted unverified
+    /// (its invariants are still checked). Returns whether it was such a legacy file.
+    pub fn load_checkpoint_for_reading(
+        cfg: TrainConfig,
+        path: &Path,
+    ) -> Result<(Self, bool), TrainError> {
+        let legacy = hdf5::File::open(path)
+            .map(|f| !f.link_exists("meta"))
+            .unwrap_or(false);
+        Ok((Self::load_verified(cfg, path, legacy)?, legacy))
+    }
+
+    fn load_verified(cfg: TrainConfig, path: &Path, legacy: bool) -> Result<Self, TrainError> {
         let src = path.display().to_string();
         let bad = |why: String| TrainError::Checkpoint(src.clone(), why);
-        let t = Self::load_unchecked(cfg, path).map_err(|e| match e {
+        let t = Self::load_unchecked(cfg, path, legacy).map_err(|e| match e {
             TrainError::Checkpoint(..) | TrainError::Config(_) => e,
             other => bad(format!("unreadable or damaged ({other})")),
         })?;
@@ -614,11 +631,20 @@ impl Trainer {
         Ok(())
     }
 
-    fn load_unchecked(cfg: TrainConfig, path: &Path) -> Result<Self, TrainError> {
+    fn load_unchecked(cfg: TrainConfig, path: &Path, legacy: bool) -> Result<Self, TrainError> {
         let mut t = Trainer::new(cfg)?;
         let src = path.display().to_string();
         let bad = |why: String| TrainError::Checkpoint(src.clone(), why);
         let f = hdf5::File::open(path)?;
+        if !legacy {
+            Self::verify(&f, &bad)?;
+        }
+        Self::restore(&mut t, &f, &bad, &src)?;
+        Ok(t)
+    }
+
+    /// The format version and the checksum of every dataset.
+    fn verify(f: &hdf5::File, bad: &dyn Fn(String) -> TrainError) -> Result<(), TrainError> {
         let version = f
             .group("meta")
             .and_then(|m| h5io::get_u64(&m, "format_version"))
@@ -637,6 +663,16 @@ impl Trainer {
                 "checksum mismatch (stored {stored:#010x}, contents {sum:#010x}): the file is damaged"
             )));
         }
+        Ok(())
+    }
+
+    /// The trainer's state from an opened checkpoint.
+    fn restore(
+        t: &mut Trainer,
+        f: &hdf5::File,
+        bad: &dyn Fn(String) -> TrainError,
+        src: &str,
+    ) -> Result<(), TrainError> {
         let a = f.group("agent")?;
         let load = |len: usize, name: &str| -> Result<Vec<f64>, TrainError> {
             let v = h5io::get::<f64>(&a, name)?;
@@ -684,7 +720,7 @@ impl Trainer {
         t.env
             .reset(Some(derive_seed(t.cfg.seed, t.episode, STREAM_EPISODE)));
         t.env.set_state(&h5io::get::<f64>(&s, "env_state")?)?;
-        Ok(t)
+        Ok(())
     }
 }
 
