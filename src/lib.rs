@@ -17,3 +17,4 @@ pub use funcrl_envs as envs;
 pub mod plot;
 pub mod rundir;
 pub mod signals;
+pub mod tb;

@@ -202,6 +202,20 @@ impl RunDir {
         self.write("config.toml", text.as_bytes())
     }
 
+    /// Writes the resolved config as a TensorBoard text summary (`tb/…config`), replacing the
+    /// previous one (a resume may change it).
+    pub fn tensorboard_config(&self) -> io::Result<()> {
+        let text = fs::read_to_string(self.file("config.toml"))?;
+        let path = crate::tb::mirror_path(&self.path, "config");
+        fs::create_dir_all(path.parent().expect("tb/"))?;
+        // TensorBoard's text plugin renders Markdown: a code block keeps the TOML as it is.
+        crate::tb::EventWriter::create(&path, crate::tb::now())?.text(
+            "config",
+            &format!("```toml\n{text}```"),
+            crate::tb::now(),
+        )
+    }
+
     /// Writes a file of the run directory atomically.
     pub fn write(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         write_atomic(&self.file(name), bytes)
@@ -224,6 +238,8 @@ impl RunDir {
 pub struct CsvLog {
     out: BufWriter<File>,
     columns: usize,
+    /// The TensorBoard mirror: every row's columns after the first as scalars at step = the first.
+    tb: Option<(crate::tb::EventWriter, Vec<String>)>,
 }
 
 impl CsvLog {
@@ -234,6 +250,7 @@ impl CsvLog {
         Ok(CsvLog {
             out,
             columns: header.len(),
+            tb: None,
         })
     }
 
@@ -288,6 +305,7 @@ impl CsvLog {
         Ok(CsvLog {
             out,
             columns: header.len(),
+            tb: None,
         })
     }
 
@@ -296,7 +314,41 @@ impl CsvLog {
         assert_eq!(values.len(), self.columns, "CSV row width");
         let cells: Vec<String> = values.iter().map(|v| format!("{v}")).collect();
         writeln!(self.out, "{}", cells.join(","))?;
-        self.out.flush()
+        self.out.flush()?;
+        if let Some((tb, tags)) = self.tb.as_mut() {
+            let scalars: Vec<(&str, f64)> = tags
+                .iter()
+                .map(String::as_str)
+                .zip(values[1..].iter().copied())
+                .collect();
+            tb.scalars(values[0] as i64, crate::tb::now(), &scalars)?;
+        }
+        Ok(())
+    }
+
+    /// Mirrors this log (`path`, written with `header`) into a TensorBoard event file under the
+    /// run directory's `tb/`, with the column names as tags and the first column as the step. The
+    /// rows already in the CSV (a resumed run's) are written first, into a fresh file, so that a
+    /// resumed run's event stream holds each step once.
+    pub fn with_tensorboard(mut self, path: &Path, header: &[&str]) -> io::Result<CsvLog> {
+        self.out.flush()?;
+        let rows = Self::read_strict(path, header)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let file =
+            crate::tb::mirror_path(dir, &path.file_name().unwrap_or_default().to_string_lossy());
+        fs::create_dir_all(file.parent().expect("tb/"))?;
+        let mut tb = crate::tb::EventWriter::create(&file, crate::tb::now())?;
+        let tags: Vec<String> = header[1..].iter().map(|s| s.to_string()).collect();
+        for r in rows {
+            let scalars: Vec<(&str, f64)> = tags
+                .iter()
+                .map(String::as_str)
+                .zip(r[1..].iter().copied())
+                .collect();
+            tb.scalars(r[0] as i64, crate::tb::now(), &scalars)?;
+        }
+        self.tb = Some((tb, tags));
+        Ok(self)
     }
 }
 

@@ -123,8 +123,10 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
             trainer.step
         ))?;
         (
-            CsvLog::resume(&run.file("evals.csv"), &EVAL_COLUMNS, keep)?,
-            CsvLog::resume(&run.file("losses.csv"), &LOSS_COLUMNS, keep)?,
+            CsvLog::resume(&run.file("evals.csv"), &EVAL_COLUMNS, keep)?
+                .with_tensorboard(&run.file("evals.csv"), &EVAL_COLUMNS)?,
+            CsvLog::resume(&run.file("losses.csv"), &LOSS_COLUMNS, keep)?
+                .with_tensorboard(&run.file("losses.csv"), &LOSS_COLUMNS)?,
         )
     } else {
         run.log(&format!(
@@ -136,10 +138,13 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
             run.path().display()
         ))?;
         (
-            CsvLog::create(&run.file("evals.csv"), &EVAL_COLUMNS)?,
-            CsvLog::create(&run.file("losses.csv"), &LOSS_COLUMNS)?,
+            CsvLog::create(&run.file("evals.csv"), &EVAL_COLUMNS)?
+                .with_tensorboard(&run.file("evals.csv"), &EVAL_COLUMNS)?,
+            CsvLog::create(&run.file("losses.csv"), &LOSS_COLUMNS)?
+                .with_tensorboard(&run.file("losses.csv"), &LOSS_COLUMNS)?,
         )
     };
+    run.tensorboard_config()?;
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {

@@ -502,3 +502,41 @@ fn adversarial_iv_values_exit_0_or_2_and_never_panic() {
         }
     }
 }
+
+/// Every CSV value of a run is in its TensorBoard event files at the same step and nothing else,
+/// after a kill and a resume too (each step once).
+#[test]
+fn tensorboard_mirrors_the_csv_logs_through_a_resume() {
+    let dir = new_run("tb", 800);
+    let check = |dir: &Path| {
+        for (csv, stem) in [("evals.csv", "evals"), ("losses.csv", "losses")] {
+            let rows = rows(&dir.join(csv));
+            let header = &rows[0];
+            let mut want: Vec<(i64, String, f32)> = vec![];
+            for r in &rows[1..] {
+                let step: f64 = r[0].parse().unwrap();
+                for (tag, v) in header[1..].iter().zip(&r[1..]) {
+                    want.push((step as i64, tag.clone(), v.parse::<f64>().unwrap() as f32));
+                }
+            }
+            let got = common::read_event_scalars(
+                &dir.join("tb")
+                    .join(format!("events.out.tfevents.funcrl.{stem}")),
+            );
+            assert_eq!(got.len(), want.len(), "{csv}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    g.0 == w.0 && g.1 == w.1 && (g.2 == w.2 || (g.2.is_nan() && w.2.is_nan())),
+                    "{csv}: {g:?} vs {w:?}"
+                );
+            }
+        }
+        assert!(dir.join("tb/events.out.tfevents.funcrl.config").is_file());
+    };
+    check(&dir);
+    // As if killed after the checkpoint at step 600: the summary is gone and the logs ran ahead.
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    let r = resume(&dir, &["--set", "total_steps=1000"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    check(&dir);
+}

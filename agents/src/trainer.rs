@@ -657,7 +657,7 @@ impl Trainer {
             )));
         }
         let stored = h5io::get_u64(&f.group("meta")?, "checksum")?;
-        let sum = h5io::digest(&f, &CHECKSUMMED)? as u64;
+        let sum = h5io::digest(f, &CHECKSUMMED)? as u64;
         if sum != stored {
             return Err(bad(format!(
                 "checksum mismatch (stored {stored:#010x}, contents {sum:#010x}): the file is damaged"
@@ -701,7 +701,7 @@ impl Trainer {
             };
             (opt.t, opt.m, opt.v) = (step, m, v);
         }
-        t.buffer = ReplayBuffer::load_group(&f.group("buffer")?, &src)?;
+        t.buffer = ReplayBuffer::load_group(&f.group("buffer")?, src)?;
         let s = f.group("state")?;
         let c = h5io::get::<u64>(&s, "counters")?;
         if c.len() != 4 {

@@ -90,10 +90,12 @@ struct RunLog<'a> {
 
 impl FitObserver for RunLog<'_> {
     fn begin(&mut self) -> anyhow::Result<()> {
-        self.csv = Some(CsvLog::create(
-            &self.dir.file("metrics.csv"),
-            &Iteration::HEADER,
-        )?);
+        let path = self.dir.file("metrics.csv");
+        self.csv = Some(
+            CsvLog::create(&path, &Iteration::HEADER)?
+                .with_tensorboard(&path, &Iteration::HEADER)?,
+        );
+        self.dir.tensorboard_config()?;
         Ok(())
     }
 
