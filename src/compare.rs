@@ -64,8 +64,31 @@ struct Job {
     config: PathBuf,
     seed: u64,
     overrides: Vec<String>,
+    /// The config as the run will use it: a finished run is reused only if this is unchanged
+    /// (an edited config file is a different job).
+    resolved: String,
     #[serde(skip)]
     out: PathBuf,
+}
+
+impl Job {
+    fn new(
+        label: String,
+        config: &Path,
+        seed: u64,
+        overrides: Vec<String>,
+        out: PathBuf,
+    ) -> anyhow::Result<Job> {
+        let cfg = load_config(config, &overrides, Some(seed))?;
+        Ok(Job {
+            label,
+            config: config.to_path_buf(),
+            seed,
+            resolved: toml::to_string(&cfg)?,
+            overrides,
+            out,
+        })
+    }
 }
 
 const JOB: &str = "job.json";
@@ -119,9 +142,10 @@ fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<Vec<PathBuf>> {
                     serde_json::from_str(old).unwrap_or_default(),
                     serde_json::to_value(job).unwrap_or_default(),
                 );
-                ["config", "seed", "overrides"]
+                // Records from before `resolved` was kept are matched on the rest.
+                ["config", "seed", "overrides", "resolved"]
                     .iter()
-                    .all(|k| a.get(k) == b.get(k))
+                    .all(|k| a.get(k).is_none_or(|x| Some(x) == b.get(k)))
             };
             match std::fs::read_to_string(&job_file) {
                 Ok(old) if !same(&old) => {
@@ -615,18 +639,17 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
                 for &s in &args.seeds {
                     let mut o = args.overrides.clone();
                     o.extend(p.iter().cloned());
-                    jobs.push(Job {
-                        label: format!("{} [{}]", names[ci], p.join(" ")),
-                        config: c.clone(),
-                        seed: s,
-                        overrides: o,
-                        out: args
-                            .out
+                    jobs.push(Job::new(
+                        format!("{} [{}]", names[ci], p.join(" ")),
+                        c,
+                        s,
+                        o,
+                        args.out
                             .join("grid")
                             .join(format!("{ci}_{}", kinds[ci]))
                             .join(point_label(p))
                             .join(s.to_string()),
-                    });
+                    )?);
                 }
             }
         }
@@ -690,16 +713,15 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
         for &s in &seeds {
             let mut o = args.overrides.clone();
             o.extend(chosen[ci].iter().cloned());
-            jobs.push(Job {
-                label: names[ci].clone(),
-                config: c.clone(),
-                seed: s,
-                overrides: o,
-                out: args
-                    .out
+            jobs.push(Job::new(
+                names[ci].clone(),
+                c,
+                s,
+                o,
+                args.out
                     .join("runs")
                     .join(format!("{ci}_{}_{s}", kinds[ci])),
-            });
+            )?);
         }
     }
     let dirs = run_jobs(&jobs, parallel)?;

@@ -441,3 +441,32 @@ fn inspect_measures_a_runs_model_and_refuses_what_has_none() {
         assert_eq!(r.status.code(), Some(2), "{bad:?}");
     }
 }
+
+/// A rerun reuses a finished run only for the same resolved config: editing the config file makes
+/// it a different job, which `compare` refuses instead of reporting the old runs.
+#[test]
+fn compare_refuses_runs_of_an_edited_config() {
+    let out = tmp("edited");
+    let cfg = out.join("mle.toml");
+    std::fs::copy(config("mle"), &cfg).unwrap();
+    let (c, o) = (
+        cfg.display().to_string(),
+        out.join("cmp").display().to_string(),
+    );
+    let mut args: Vec<&str> = vec!["compare", "--config", &c, "--seeds", "0", "--out", &o];
+    for s in SMALL.iter().filter(|s| **s != "--quiet") {
+        args.push(s);
+    }
+    let r = Command::new(BIN).args(&args).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("gamma = 0.99", "gamma = 0.9")).unwrap();
+    let r = Command::new(BIN).args(&args).output().unwrap();
+    assert_eq!(
+        r.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(String::from_utf8_lossy(&r.stderr).contains("different job"));
+}

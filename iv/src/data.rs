@@ -128,6 +128,15 @@ pub fn read_csv(path: &Path) -> Result<Table, InputError> {
         .iter()
         .map(str::to_string)
         .collect();
+    // A repeated name would make `column(name)` pick one of them silently.
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(InputError::new(format!(
+                "{}: column '{n}' appears more than once in the header",
+                path.display()
+            )));
+        }
+    }
     let mut columns = vec![Vec::new(); names.len()];
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| InputError::new(format!("{}: {e}", path.display())))?;
@@ -262,6 +271,15 @@ pub fn linspace(a: f64, b: f64, k: usize) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_column_name_is_refused() {
+        let p = std::env::temp_dir().join(format!("funcrl-dup-{}.csv", std::process::id()));
+        std::fs::write(&p, "y,z,y\n1,2,3\n").unwrap();
+        let e = read_csv(&p).unwrap_err().to_string();
+        assert!(e.contains("column 'y' appears more than once"), "{e}");
+        let _ = std::fs::remove_file(&p);
+    }
 
     #[test]
     fn csv_columns_nan_and_missing() {
