@@ -232,6 +232,16 @@ impl RunDir {
     }
 }
 
+/// One CSV row as TensorBoard scalars: the columns after the first, at step = the first.
+fn mirror_row(tb: &mut crate::tb::EventWriter, tags: &[String], row: &[f64]) -> io::Result<()> {
+    let scalars: Vec<(&str, f64)> = tags
+        .iter()
+        .map(String::as_str)
+        .zip(row[1..].iter().copied())
+        .collect();
+    tb.scalars(row[0] as i64, crate::tb::now(), &scalars)
+}
+
 /// A CSV log with fixed column names, one row per record, flushed on every row so that a killed
 /// run keeps its history. `resume` keeps the rows whose first column is below `keep_below` (the
 /// rows a checkpoint has already accounted for) and appends after them.
@@ -316,12 +326,7 @@ impl CsvLog {
         writeln!(self.out, "{}", cells.join(","))?;
         self.out.flush()?;
         if let Some((tb, tags)) = self.tb.as_mut() {
-            let scalars: Vec<(&str, f64)> = tags
-                .iter()
-                .map(String::as_str)
-                .zip(values[1..].iter().copied())
-                .collect();
-            tb.scalars(values[0] as i64, crate::tb::now(), &scalars)?;
+            mirror_row(tb, tags, values)?;
         }
         Ok(())
     }
@@ -340,12 +345,7 @@ impl CsvLog {
         let mut tb = crate::tb::EventWriter::create(&file, crate::tb::now())?;
         let tags: Vec<String> = header[1..].iter().map(|s| s.to_string()).collect();
         for r in rows {
-            let scalars: Vec<(&str, f64)> = tags
-                .iter()
-                .map(String::as_str)
-                .zip(r[1..].iter().copied())
-                .collect();
-            tb.scalars(r[0] as i64, crate::tb::now(), &scalars)?;
+            mirror_row(&mut tb, &tags, &r)?;
         }
         self.tb = Some((tb, tags));
         Ok(self)

@@ -173,13 +173,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
         let step = trainer.step;
         if let Some(u) = out.update {
             if let Some((name, value)) = u.non_finite() {
-                let keep = match last_ckpt {
-                    Some(s) => format!(
-                        "the last good checkpoint (step {s}) is kept in {}",
-                        run.file(CHECKPOINT).display()
-                    ),
-                    None => "no checkpoint was written before it".to_string(),
-                };
+                let keep = kept(&run, last_ckpt);
                 let msg = format!("{name} = {value} at step {step}: run stopped; {keep}");
                 run.log(&format!("error: {msg}"))?;
                 bar.abandon();
@@ -204,6 +198,15 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
         }
         let ckpt_due = cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every);
         if ckpt_due || trainer.done() {
+            // Losses can stay finite while a parameter or an Adam moment overflows: such a state
+            // never replaces the last good checkpoint.
+            if let Err(why) = trainer.finite_state() {
+                let keep = kept(&run, last_ckpt);
+                let msg = format!("{why} at step {step}: run stopped; {keep}");
+                run.log(&format!("error: {msg}"))?;
+                bar.abandon();
+                bail!(msg);
+            }
             save(&run, &trainer)?;
             last_ckpt = Some(step);
         }
@@ -241,6 +244,17 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<PathBuf> {
         summary.final_return
     ))?;
     Ok(run.path().to_path_buf())
+}
+
+/// Where the last good checkpoint is, for the messages of a stopped run.
+fn kept(run: &RunDir, last_ckpt: Option<u64>) -> String {
+    match last_ckpt {
+        Some(s) => format!(
+            "the last good checkpoint (step {s}) is kept in {}",
+            run.file(CHECKPOINT).display()
+        ),
+        None => "no checkpoint was written before it".to_string(),
+    }
 }
 
 /// Writes the checkpoint (atomically) and the HDF5 copy of the logs.

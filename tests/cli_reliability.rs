@@ -340,6 +340,21 @@ fn run_limited(
     Some((status.code(), err))
 }
 
+/// Exit 0, 2 with nothing left in `out`, or 1 only with the designed stop's message `stop`.
+fn check_outcome(what: &str, code: Option<i32>, err: &str, stop: &str, out: &Path) {
+    let designed_stop = code == Some(1) && err.contains(stop);
+    assert!(
+        code == Some(0) || code == Some(2) || designed_stop,
+        "{what}: exit {code:?}: {err}"
+    );
+    if code == Some(2) {
+        assert!(
+            !out.exists() || std::fs::read_dir(out).unwrap().count() == 0,
+            "{what}: refused but left a run directory"
+        );
+    }
+}
+
 /// No value reachable through `--set` may panic, hang or leave a run directory behind when it is
 /// refused: every adversarial value of every numeric or list field exits with 0 or 2 (or 1 from the
 /// NaN/Inf guard, with its message).
@@ -407,17 +422,13 @@ fn adversarial_set_values_exit_0_or_2_and_never_panic() {
                 continue;
             };
             // Exit 1 only as the designed NaN/Inf stop (a learning rate of 1e300 is legal).
-            let nan_stop = code == Some(1) && err.contains("run stopped; the last good checkpoint");
-            assert!(
-                code == Some(0) || code == Some(2) || nan_stop,
-                "{key}={v}: exit {code:?}: {err}"
+            check_outcome(
+                &what,
+                code,
+                &err,
+                "run stopped; the last good checkpoint",
+                &out,
             );
-            if code == Some(2) {
-                assert!(
-                    std::fs::read_dir(&out).unwrap().count() == 0,
-                    "{key}={v}: refused but left a run directory"
-                );
-            }
             let _ = std::fs::remove_dir_all(&out);
             std::fs::create_dir_all(&out).unwrap();
         }
@@ -487,17 +498,7 @@ fn adversarial_iv_values_exit_0_or_2_and_never_panic() {
                 continue;
             };
             // Exit 1 only from the fit's own non-finite-loss stop (a step size of 1e300).
-            let diverged = code == Some(1) && err.contains("is not finite");
-            assert!(
-                code == Some(0) || code == Some(2) || diverged,
-                "{key}={v}: exit {code:?}: {err}"
-            );
-            if code == Some(2) {
-                assert!(
-                    !out.exists() || std::fs::read_dir(&out).unwrap().count() == 0,
-                    "{key}={v}: refused but left a run directory"
-                );
-            }
+            check_outcome(&what, code, &err, "is not finite", &out);
             let _ = std::fs::remove_dir_all(&out);
         }
     }
@@ -539,4 +540,96 @@ fn tensorboard_mirrors_the_csv_logs_through_a_resume() {
     let r = resume(&dir, &["--set", "total_steps=1000"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     check(&dir);
+}
+
+/// Identical `train` commands started together never share a run directory.
+#[test]
+fn concurrent_identical_runs_get_their_own_directories() {
+    let out = tmp("concurrent");
+    let mut args = vec![
+        "train".to_string(),
+        "--config".into(),
+        config("mle"),
+        "--out".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+    ];
+    args.extend(small(400));
+    for round in 0..3 {
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                Command::new(BIN)
+                    .args(&args)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let r = c.wait_with_output().unwrap();
+            assert!(
+                r.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
+    }
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 12, "{dirs:?}");
+    // Each holds one run's logs, not interleaved ones: the same as every other (same seed).
+    let first = std::fs::read_to_string(dirs[0].join("losses.csv")).unwrap();
+    for d in &dirs {
+        assert_eq!(
+            std::fs::read_to_string(d.join("losses.csv")).unwrap(),
+            first,
+            "{d:?}"
+        );
+        assert!(d.join("summary.json").is_file());
+    }
+}
+
+/// SIGTERM ends a deep IV run between iterations with exit 143, saying so in its log.
+#[test]
+fn sigterm_stops_an_iv_run_between_iterations() {
+    let cfg = common::root()
+        .join("configs/iv/dsprites_dfiv.toml")
+        .display()
+        .to_string();
+    let out = tmp("ivsig");
+    let mut args = vec!["iv".to_string(), "--config".into(), cfg];
+    for s in [
+        "data.n=200".to_string(),
+        "iterations=1000000".into(),
+        "network.treatment_hidden=[8]".into(),
+        "network.instrument_hidden=[8]".into(),
+        "network.features=4".into(),
+        "inner.steps=2".into(),
+        format!("out={}", out.display()),
+    ] {
+        args.extend(["--set".to_string(), s]);
+    }
+    let child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("a few iterations", Duration::from_secs(60), || {
+        std::fs::read_dir(&out).is_ok_and(|mut d| {
+            d.any(|e| {
+                std::fs::read_to_string(e.unwrap().path().join("metrics.csv"))
+                    .is_ok_and(|t| t.lines().count() > 3)
+            })
+        })
+    });
+    sigterm(child.id());
+    let r = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(143), "{err}");
+    assert!(err.contains("stopped by SIGTERM after"), "{err}");
 }

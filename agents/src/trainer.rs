@@ -594,8 +594,9 @@ impl Trainer {
         Ok(t)
     }
 
-    /// What a consistent checkpoint satisfies.
-    fn check_invariants(&self) -> Result<(), String> {
+    /// Every parameter and optimiser state is finite: what a checkpoint must hold to be worth
+    /// keeping (the NaN guard never replaces a good checkpoint with one that fails this).
+    pub fn finite_state(&self) -> Result<(), String> {
         let ag = &self.agent;
         for (name, v) in [
             ("agent/q", &ag.q),
@@ -610,6 +611,12 @@ impl Trainer {
                 return Err(format!("{name}[{i}] = {} is not finite", v[i]));
             }
         }
+        Ok(())
+    }
+
+    /// What a consistent checkpoint satisfies.
+    fn check_invariants(&self) -> Result<(), String> {
+        self.finite_state()?;
         if self.episode > self.step || self.ep_len > self.step {
             return Err(format!(
                 "counters out of range (step {}, episode {}, episode length {})",
@@ -727,6 +734,24 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state whose losses are finite but whose optimiser moment overflowed is named, so that
+    /// the NaN guard never keeps it as a checkpoint.
+    #[test]
+    fn finite_state_names_the_first_non_finite_value() {
+        let cfg: TrainConfig = toml::from_str(
+            "env = \"CartPole-v1\"\nseed = 1\ntotal_steps = 400\nwarmup_steps = 300\n\
+             batch_size = 32\neval_every = 400\neval_episodes = 1\n[agent]\nkind = \"mle\"\n",
+        )
+        .unwrap();
+        let mut t = Trainer::new(cfg).unwrap();
+        assert!(t.finite_state().is_ok());
+        t.agent.q_opt.v[3] = f64::INFINITY;
+        assert_eq!(
+            t.finite_state().unwrap_err(),
+            "agent/q_opt_v[3] = inf is not finite"
+        );
+    }
 
     #[test]
     fn action_grid_spans_the_box() {

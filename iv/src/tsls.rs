@@ -124,6 +124,13 @@ pub fn fit(table: &Table, spec: &TslsSpec) -> Result<TslsFit, InputError> {
             "{n} rows for {k} regressors: 2SLS needs more observations than regressors"
         )));
     }
+    // ZᵀZ is singular whenever there are fewer rows than instrument columns; say so, rather than
+    // "collinear", which would send the user looking for a dependence that is not there.
+    if n < kz {
+        return Err(InputError::new(format!(
+            "{n} rows for {kz} instrument columns (excluded instruments, exogenous regressors and constant): 2SLS needs at least as many rows"
+        )));
+    }
     let mut names: Vec<String> = Vec::new();
     if spec.intercept {
         names.push("const".into());
@@ -201,6 +208,32 @@ pub fn fit(table: &Table, spec: &TslsSpec) -> Result<TslsFit, InputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_instrument_columns_than_rows_is_said_so() {
+        let t = Table {
+            names: ["y", "t", "z1", "z2", "z3", "z4"]
+                .map(String::from)
+                .to_vec(),
+            columns: vec![
+                vec![1.0, 2.0, 3.0, 5.0],
+                vec![0.5, 1.0, 2.0, 2.5],
+                vec![1.0, 0.0, 2.0, 1.0],
+                vec![0.0, 1.0, 1.0, 3.0],
+                vec![2.0, 1.0, 0.0, 1.0],
+                vec![1.0, 1.0, 3.0, 0.0],
+            ],
+        };
+        let spec = TslsSpec {
+            outcome: "y".into(),
+            treatment: vec!["t".into()],
+            instrument: ["z1", "z2", "z3", "z4"].map(String::from).to_vec(),
+            exog: vec![],
+            intercept: true,
+        };
+        let e = fit(&t, &spec).unwrap_err().to_string();
+        assert!(e.contains("4 rows for 5 instrument columns"), "{e}");
+    }
 
     /// Exactly identified, one treatment: β_t = cov(z, y)/cov(z, t) (the Wald/IV estimator).
     #[test]

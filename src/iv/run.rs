@@ -86,6 +86,7 @@ struct RunLog<'a> {
     progress: bool,
     csv: Option<CsvLog>,
     curves: Vec<f64>,
+    stop: crate::signals::Stop,
 }
 
 impl FitObserver for RunLog<'_> {
@@ -100,6 +101,21 @@ impl FitObserver for RunLog<'_> {
     }
 
     fn iteration(&mut self, it: &Iteration) -> anyhow::Result<()> {
+        // SIGINT/SIGTERM end the run between iterations, its logs complete up to there.
+        if let Some(sig) = self.stop.requested() {
+            let message = format!(
+                "stopped by {} after {} of {} iterations; metrics.csv holds them (a deep IV run restarts from the beginning)",
+                crate::signals::name(sig),
+                it.index,
+                self.iterations
+            );
+            self.dir.log(&message)?;
+            return Err(crate::signals::Stopped {
+                signal: sig,
+                message,
+            }
+            .into());
+        }
         let row = it.row();
         if let Some(csv) = self.csv.as_mut() {
             csv.row(&row)?;
@@ -158,6 +174,7 @@ pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
         progress,
         csv: None,
         curves: Vec::new(),
+        stop: crate::signals::Stop::install()?,
     };
     let fit = funcrl_iv::run::fit(cfg, &ds, &mut log)?;
     let curves = std::mem::take(&mut log.curves);
