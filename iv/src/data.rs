@@ -168,6 +168,10 @@ pub fn read_hdf5(path: &Path) -> Result<Table, InputError> {
     let file = hdf5::File::open(path).map_err(|e| h5err(path, e))?;
     let mut t = Table::default();
     for name in file.member_names().map_err(|e| h5err(path, e))? {
+        // The format version and checksum of a file funcrl wrote are not data.
+        if name == "funcrl_format_version" || name == "funcrl_checksum" {
+            continue;
+        }
         let Ok(ds) = file.dataset(&name) else {
             continue; // groups are not columns
         };
@@ -223,7 +227,24 @@ pub fn read_table(path: &Path) -> Result<Table, InputError> {
     }
 }
 
-/// Writes named matrices (and scalar attributes) to an HDF5 file, one dataset each.
+/// The format of the HDF5 files funcrl writes here (1: one f64 dataset per block, with
+/// `funcrl_format_version` and `funcrl_checksum`, a CRC-32 of the blocks' names and values).
+pub const DATA_FORMAT_VERSION: u64 = 1;
+
+/// CRC-32 of named blocks, in the given order (name bytes, then values little-endian).
+pub fn blocks_checksum(blocks: &[(&str, &Matrix)]) -> u64 {
+    let mut h = crc32fast::Hasher::new();
+    for (name, m) in blocks {
+        h.update(name.as_bytes());
+        for v in &m.data {
+            h.update(&v.to_le_bytes());
+        }
+    }
+    h.finalize() as u64
+}
+
+/// Writes named matrices to an HDF5 file, one dataset each, with the format version and a
+/// checksum that [`verify_blocks`] checks on reading; atomically (temporary file, rename).
 pub fn write_hdf5(path: &Path, blocks: &[(&str, &Matrix)]) -> hdf5::Result<()> {
     let tmp = path.with_extension("h5.tmp");
     {
@@ -235,8 +256,48 @@ pub fn write_hdf5(path: &Path, blocks: &[(&str, &Matrix)]) -> hdf5::Result<()> {
                 .create(*name)?;
             ds.write_raw(&m.data[..])?;
         }
+        for (name, v) in [
+            ("funcrl_format_version", DATA_FORMAT_VERSION),
+            ("funcrl_checksum", blocks_checksum(blocks)),
+        ] {
+            file.new_dataset::<u64>()
+                .shape(1)
+                .create(name)?
+                .write_raw(&[v])?;
+        }
     }
     std::fs::rename(&tmp, path).map_err(|e| hdf5::Error::from(e.to_string().as_str()))?;
+    Ok(())
+}
+
+/// Checks a file written by [`write_hdf5`] against the blocks read from it: its format version
+/// and checksum. A file without them (bring-your-own data) passes.
+pub fn verify_blocks(file: &hdf5::File, blocks: &[(&str, &Matrix)]) -> Result<(), String> {
+    let scalar = |n: &str| -> Result<Option<u64>, String> {
+        if !file.link_exists(n) {
+            return Ok(None);
+        }
+        let v = file
+            .dataset(n)
+            .and_then(|d| d.read_raw::<u64>())
+            .map_err(|e| format!("{n}: {e}"))?;
+        Ok(v.first().copied())
+    };
+    if let Some(v) = scalar("funcrl_format_version")?
+        && v != DATA_FORMAT_VERSION
+    {
+        return Err(format!(
+            "format version {v}; this funcrl reads version {DATA_FORMAT_VERSION}"
+        ));
+    }
+    if let Some(stored) = scalar("funcrl_checksum")? {
+        let sum = blocks_checksum(blocks);
+        if sum != stored {
+            return Err(format!(
+                "checksum mismatch (stored {stored:#010x}, contents {sum:#010x}): the file is damaged"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -271,6 +332,35 @@ pub fn linspace(a: f64, b: f64, k: usize) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A written file verifies; one value changed on disk (at the dataset's offset) does not.
+    #[test]
+    fn written_files_carry_a_checksum_that_catches_damage() {
+        use std::io::{Seek, SeekFrom, Write};
+        let p = std::env::temp_dir().join(format!("funcrl-sum-{}.h5", std::process::id()));
+        let a = Matrix::new(3, 2, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b = Matrix::new(3, 1, vec![0.5, -1.0, 2.0]);
+        write_hdf5(&p, &[("a", &a), ("b", &b)]).unwrap();
+        let read = |p: &Path| {
+            let f = hdf5::File::open(p).unwrap();
+            let (a, b) = (read_matrix(&f, "a").unwrap(), read_matrix(&f, "b").unwrap());
+            verify_blocks(&f, &[("a", &a), ("b", &b)])
+        };
+        assert_eq!(read(&p), Ok(()));
+        let offset = hdf5::File::open(&p)
+            .unwrap()
+            .dataset("b")
+            .unwrap()
+            .offset()
+            .unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.seek(SeekFrom::Start(offset + 9)).unwrap();
+        f.write_all(&[0x42]).unwrap();
+        drop(f);
+        let e = read(&p).unwrap_err();
+        assert!(e.contains("checksum mismatch"), "{e}");
+        let _ = std::fs::remove_file(&p);
+    }
 
     #[test]
     fn a_repeated_column_name_is_refused() {

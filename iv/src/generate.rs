@@ -31,17 +31,19 @@ impl IvDataset {
         self.outcome.rows
     }
 
+    /// The named blocks of the saved file, in its order.
+    fn blocks(&self) -> [(&'static str, &Matrix); 5] {
+        [
+            ("treatment", &self.treatment),
+            ("instrument", &self.instrument),
+            ("outcome", &self.outcome),
+            ("test_treatment", &self.test_treatment),
+            ("test_structural", &self.test_structural),
+        ]
+    }
+
     pub fn save(&self, path: &Path) -> hdf5::Result<()> {
-        write_hdf5(
-            path,
-            &[
-                ("treatment", &self.treatment),
-                ("instrument", &self.instrument),
-                ("outcome", &self.outcome),
-                ("test_treatment", &self.test_treatment),
-                ("test_structural", &self.test_structural),
-            ],
-        )
+        write_hdf5(path, &self.blocks())
     }
 
     /// Loads a dataset written by [`save`](Self::save) (the test set is optional).
@@ -64,6 +66,8 @@ impl IvDataset {
             test_treatment: opt("test_treatment", treatment.cols)?,
             treatment,
         };
+        crate::data::verify_blocks(&file, &d.blocks())
+            .map_err(|e| InputError::new(format!("{}: {e}", path.display())))?;
         d.check().map_err(InputError::new)?;
         Ok(d)
     }
