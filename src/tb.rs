@@ -1,7 +1,7 @@
 //! TensorBoard event files, so that `tensorboard --logdir runs` shows every run the way CleanRL
 //! users are used to. The format is small and stable, so it is written here rather than through a
-//! crate (the Rust TensorBoard writers on crates.io pull in a protobuf toolchain or are
-//! unmaintained): TFRecord framing — u64 length, masked CRC-32C of the length, the bytes, masked
+//! crate (the one writer on crates.io, tensorboard-rs 0.5.9, was last released in 2022 and pulls in
+//! protobuf 2 and image 0.23): TFRecord framing — u64 length, masked CRC-32C of the length, the bytes, masked
 //! CRC-32C of the bytes — around `Event` protobufs (wall_time = 1, step = 2, file_version = 3,
 //! summary = 5) whose `Summary.Value`s carry a tag and a `simple_value` (scalars) or a string
 //! tensor for the text plugin. The CRC is the `crc32c` crate's. `tests/fixtures/tb/` holds a file
