@@ -269,12 +269,7 @@ impl TrainConfig {
             .map_or(self.total_steps as f64, |c| c as f64);
         // obs, next_obs, action (f32), reward (f64), ending (u8), priority (f64).
         let replay = cap * ((2 * obs_dim + 1) as f64 * 4.0 + 17.0);
-        let mlp = |input: usize, hidden: &[usize], output: usize| {
-            let mut w = vec![input as f64];
-            w.extend(hidden.iter().map(|&h| h as f64));
-            w.push(output as f64);
-            w.windows(2).map(|p| (p[0] + 1.0) * p[1]).sum::<f64>()
-        };
+        let mlp = funcrl_bilevel::model::param_count;
         let (o, h) = (obs_dim + 8, &self.model.hidden);
         let params = 2.0 * mlp(obs_dim, &self.q.hidden, 8) + mlp(o, h, obs_dim) + mlp(o, h, 1);
         // Parameters, target, Adam moments, gradients and activations: a generous 16 copies.

@@ -100,6 +100,15 @@ pub fn orthogonal(rows: usize, cols: usize, gain: f64, rng: &mut StdRng) -> Vec<
     w
 }
 
+/// Weights and biases of an MLP `input → hidden… → output`, as f64 so that absurd widths are
+/// counted (to be refused) rather than overflowing.
+pub fn param_count(input: usize, hidden: &[usize], output: usize) -> f64 {
+    let mut w = vec![input as f64];
+    w.extend(hidden.iter().map(|&h| h as f64));
+    w.push(output as f64);
+    w.windows(2).map(|p| (p[0] + 1.0) * p[1]).sum()
+}
+
 /// A multilayer perceptron. With no hidden layers the features are the inputs themselves and the
 /// model is linear (the setting of the linear-quadratic oracles).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -356,6 +356,21 @@ pub(crate) fn random_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// DFIV as the solver runs it: closed-form stage-1 head with ridge `l1`, no inner steps.
+    fn dfiv_config(l1: f64) -> SolverConfig {
+        SolverConfig {
+            inner: InnerConfig {
+                steps: 0,
+                ridge: l1,
+                closed_form_head: true,
+                ..InnerConfig::default()
+            },
+            method: MethodConfig::FuncidLinear { ridge: None },
+            outer_optimizer: funcrl_bilevel::OptimizerConfig::adam(1e-3),
+            seed: 0,
+        }
+    }
     use crate::nets::Act;
     use funcrl_bilevel::{
         InnerModel, MethodConfig, Precision, Solver, SolverConfig, inner::InnerConfig,
@@ -610,17 +625,7 @@ mod tests {
         inet.refresh(&ctx, &theta0);
         let l1 = 0.1;
         let problem = IvProblem::new(ctx.clone(), tnet, 0.1);
-        let cfg = SolverConfig {
-            inner: InnerConfig {
-                steps: 0,
-                ridge: l1,
-                closed_form_head: true,
-                ..InnerConfig::default()
-            },
-            method: MethodConfig::FuncidLinear { ridge: None },
-            outer_optimizer: funcrl_bilevel::OptimizerConfig::adam(1e-3),
-            seed: 0,
-        };
+        let cfg = dfiv_config(l1);
         let mut solver = Solver::new(ctx.clone(), problem, inet, omega.clone(), &cfg);
         solver.theta = theta0.clone();
         let s1 = Stage1::new(z1.clone(), t1.clone());
@@ -689,17 +694,7 @@ mod tests {
         let (l1, l2) = (0.1, 0.05);
         let mut problem = IvProblem::new(ctx.clone(), tnet, l2);
         problem.covariate = Some(Covariate { net: cnet, split });
-        let cfg = SolverConfig {
-            inner: InnerConfig {
-                steps: 0,
-                ridge: l1,
-                closed_form_head: true,
-                ..InnerConfig::default()
-            },
-            method: MethodConfig::FuncidLinear { ridge: None },
-            outer_optimizer: funcrl_bilevel::OptimizerConfig::adam(1e-3),
-            seed: 0,
-        };
+        let cfg = dfiv_config(l1);
         let mut solver = Solver::new(ctx.clone(), problem, inet, omega.clone(), &cfg);
         solver.theta = theta0;
         let s1 = Stage1::new(z1.clone(), t1.clone());

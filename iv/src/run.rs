@@ -360,12 +360,7 @@ impl IvConfig {
             DataConfig::File { .. } => (0.0, 0.0),
         };
         let net = &self.network;
-        let mlp = |hidden: &[usize]| {
-            let mut w = vec![4096.0];
-            w.extend(hidden.iter().map(|&h| h as f64));
-            w.push(net.features as f64);
-            w.windows(2).map(|p| (p[0] + 1.0) * p[1]).sum::<f64>()
-        };
+        let mlp = |hidden: &[usize]| funcrl_bilevel::model::param_count(4096, hidden, net.features);
         let params = mlp(&net.treatment_hidden) + mlp(&net.instrument_hidden);
         let need = rows * width * 8.0 * 4.0 + params * 8.0 * 16.0;
         if let Some(avail) = funcrl_bilevel::ctx::mem_available_bytes()
