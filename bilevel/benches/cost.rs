@@ -69,11 +69,7 @@ fn methods() -> Vec<(&'static str, MethodConfig)> {
     vec![
         (
             "FuncID (10 adjoint steps)",
-            MethodConfig::Funcid {
-                steps: 10,
-                optimizer: OptimizerConfig::adam(1e-3),
-                warm_start: true,
-            },
+            MethodConfig::funcid(10, OptimizerConfig::adam(1e-3), true),
         ),
         (
             "FuncID-linear",

@@ -40,6 +40,7 @@ pub struct OuterLog {
     pub iteration: usize,
     pub inner_loss: f64,
     pub adjoint_loss: Option<f64>,
+    pub adjoint_cosine: Option<f64>,
     pub outer_loss: f64,
     pub grad_norm: f64,
     pub seconds: f64,
@@ -65,11 +66,13 @@ impl<P: BilevelProblem + 'static, M: InnerModel + 'static> Solver<P, M> {
     pub fn new(ctx: Ctx, problem: P, model: M, omega: Params, config: &SolverConfig) -> Self {
         let mut rng = StdRng::seed_from_u64(config.seed);
         let theta = model.init(&ctx, &mut rng);
+        let mut method = config.method.build();
+        method.begin(&theta);
         Self {
             inner_ridge: config.inner.ridge,
             inner: InnerSolver::new(config.inner.clone()),
             outer_optimizer: Optimizer::new(config.outer_optimizer.clone()),
-            method: config.method.build(),
+            method,
             ctx,
             problem,
             model,
@@ -131,6 +134,7 @@ impl<P: BilevelProblem + 'static, M: InnerModel + 'static> Solver<P, M> {
             iteration: self.iteration,
             inner_loss,
             adjoint_loss: hg.adjoint_loss,
+            adjoint_cosine: hg.adjoint_cosine,
             outer_loss: hg.outer_loss,
             grad_norm: hg.grad.norm(),
             seconds: start.elapsed().as_secs_f64(),

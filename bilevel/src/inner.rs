@@ -39,6 +39,16 @@ pub struct InnerConfig {
     /// quadratic in v). Needs the problem's `inner_hessian_diag`.
     #[serde(default)]
     pub closed_form_head: bool,
+    /// Train the features through the exact head: the head is solved before every step, so each
+    /// step is the gradient of G profiled over the head (envelope theorem), and once more after
+    /// the last one. This is the reference code's `CompositeSolver`. Implies `closed_form_head`.
+    #[serde(default)]
+    pub head_through_closed_form: bool,
+    /// Call the model's `refresh` (spectral norm's power step) before every step, as PyTorch's
+    /// `spectral_norm` does on every training-mode forward; otherwise the caller refreshes once
+    /// per outer iteration.
+    #[serde(default)]
+    pub refresh_every_step: bool,
 }
 
 impl Default for InnerConfig {
@@ -49,6 +59,8 @@ impl Default for InnerConfig {
             keep_optimizer_state: true,
             ridge: 0.0,
             closed_form_head: false,
+            head_through_closed_form: false,
+            refresh_every_step: false,
         }
     }
 }
@@ -212,11 +224,20 @@ impl InnerSolver {
         let x = problem.inner_inputs(batch);
         let ridge = self.config.ridge;
         let mut theta = theta.detached();
+        let through = self.config.head_through_closed_form;
         for _ in 0..self.config.steps {
+            if self.config.refresh_every_step {
+                model.refresh(ctx, &theta);
+            }
+            if through {
+                // The step the optimiser takes on the head itself is overwritten by the next
+                // solve: only the features' step counts.
+                theta = solve_head(ctx, problem, model, omega, &theta, &x, batch, ridge)?;
+            }
             let (g, _) = inner_grad_theta(problem, model, omega, &theta, &x, batch, ridge);
             theta = self.optimizer.step(&theta, &g);
         }
-        if self.config.closed_form_head {
+        if self.config.closed_form_head || through {
             theta = solve_head(ctx, problem, model, omega, &theta, &x, batch, ridge)?;
         }
         let value = scalar(
@@ -328,5 +349,112 @@ mod tests {
             head(&g),
             head(&g0)
         );
+    }
+
+    /// Training through the exact head (`head_through_closed_form`): the gradient taken at the
+    /// re-solved head is the gradient of G profiled over the head, min_head G (envelope theorem),
+    /// checked against central differences of the profiled objective along a random direction
+    /// of the feature layers.
+    #[test]
+    fn gradient_at_the_exact_head_is_the_profiled_gradient() {
+        let ctx = Ctx::from_env(Precision::F64);
+        let inst = generate(&ctx, DIMS, 40, 10, 1.3, 0.0, LqOracle::Pointwise, false, 4);
+        let model = Mlp::new(DIMS.d_z, vec![6], DIMS.d_v, Activation::Tanh);
+        let theta0 = model.init(&ctx, &mut StdRng::seed_from_u64(3));
+        let ridge = 0.2;
+        let z = &inst.inner.z;
+        let profiled = |theta: &Params| {
+            let t = solve_head(
+                &ctx,
+                &inst.problem,
+                &model,
+                &inst.omega0,
+                theta,
+                z,
+                &inst.inner,
+                ridge,
+            )
+            .unwrap();
+            scalar(inner_objective(
+                &inst.problem,
+                &model,
+                &inst.omega0,
+                &t,
+                z,
+                &inst.inner,
+                ridge,
+            ))
+        };
+        let at_head = solve_head(
+            &ctx,
+            &inst.problem,
+            &model,
+            &inst.omega0,
+            &theta0,
+            z,
+            &inst.inner,
+            ridge,
+        )
+        .unwrap();
+        let (g, _) = inner_grad_theta(
+            &inst.problem,
+            &model,
+            &inst.omega0,
+            &at_head,
+            z,
+            &inst.inner,
+            ridge,
+        );
+        // A direction on the feature layers only (the head is re-solved anyway).
+        let k = theta0.len();
+        let mut flat: Vec<f64> = (0..theta0.numel())
+            .map(|i| ((i * 37 % 11) as f64 - 5.0) / 5.0)
+            .collect();
+        let head_len: usize = theta0.0[k - 2..]
+            .iter()
+            .map(|t| t.dims().iter().product::<usize>())
+            .sum();
+        let n = flat.len();
+        flat[n - head_len..].iter_mut().for_each(|x| *x = 0.0);
+        let dir = theta0.from_flat_like(&ctx, &flat);
+        let eps = 1e-5;
+        let fd =
+            (profiled(&theta0.axpy(eps, &dir)) - profiled(&theta0.axpy(-eps, &dir))) / (2.0 * eps);
+        let analytic = g.dot(&dir);
+        let err = (analytic - fd).abs() / fd.abs();
+        assert!(fd.abs() > 1e-3, "direction too flat: {fd}");
+        assert!(
+            err < 1e-6,
+            "profiled gradient {analytic} vs central differences {fd}: {err:e}"
+        );
+        // The solver with the option ends at an exact head too.
+        let mut s = InnerSolver::new(InnerConfig {
+            steps: 3,
+            optimizer: OptimizerConfig::adam(0.05),
+            ridge,
+            head_through_closed_form: true,
+            ..InnerConfig::default()
+        });
+        let (t, _) = s
+            .solve(
+                &ctx,
+                &inst.problem,
+                &model,
+                &inst.omega0,
+                &theta0,
+                &inst.inner,
+            )
+            .unwrap();
+        let (g, _) = inner_grad_theta(
+            &inst.problem,
+            &model,
+            &inst.omega0,
+            &t,
+            z,
+            &inst.inner,
+            ridge,
+        );
+        let head = Params::new(g.0[k - 2..].to_vec()).norm();
+        assert!(head < 1e-10, "head gradient after the solve: {head}");
     }
 }

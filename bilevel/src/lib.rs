@@ -22,7 +22,9 @@ pub use ctx::{Ctx, Precision};
 pub use driver::{OuterLog, Solver, SolverConfig};
 pub use error::BilevelError;
 pub use inner::InnerConfig;
-pub use methods::{HyperInput, Hypergradient, HypergradientMethod, LinearSolver, MethodConfig};
+pub use methods::{
+    AdjointInit, HyperInput, Hypergradient, HypergradientMethod, LinearSolver, MethodConfig,
+};
 pub use model::{Activation, Forward, Init, InnerModel, Mlp};
 pub use optim::{Optimizer, OptimizerConfig};
 pub use params::Params;

@@ -34,6 +34,16 @@ pub trait InnerModel {
     ) -> Option<Params> {
         None
     }
+
+    /// Updates what the model keeps beside its parameters (spectral norm's power-iteration
+    /// vectors) at `params`, for the parameter set selected by [`InnerModel::select_state`].
+    /// Default: nothing to update.
+    fn refresh(&self, _ctx: &Ctx, _params: &Params) {}
+
+    /// Which parameter set's side state `forward`, `grad_through` and `refresh` use from now on:
+    /// 0 for θ (the default), 1 for a second network of the same architecture (FuncID's
+    /// adjoint), so that each keeps its own power-iteration vectors as two PyTorch modules do.
+    fn select_state(&self, _slot: usize) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -523,11 +523,7 @@ fn overparameterised_inner_network_funcid_matches_functional_closed_form() {
             optimizer: OptimizerConfig::adam(3e-3),
             ..InnerConfig::default()
         },
-        method: MethodConfig::Funcid {
-            steps: 3000,
-            optimizer: OptimizerConfig::adam(3e-3),
-            warm_start: true,
-        },
+        method: MethodConfig::funcid(3000, OptimizerConfig::adam(3e-3), true),
         outer_optimizer: OptimizerConfig::adam(1e-3),
         seed: 11,
     };
@@ -755,11 +751,7 @@ fn funcid_network_adjoint_drives_the_outer_loop_too() {
             closed_form_head: true,
             ..InnerConfig::default()
         },
-        method: MethodConfig::Funcid {
-            steps: 20,
-            optimizer: OptimizerConfig::adam(0.05),
-            warm_start: true,
-        },
+        method: MethodConfig::funcid(20, OptimizerConfig::adam(0.05), true),
         outer_optimizer: OptimizerConfig::adam(0.05),
         seed: 3,
     };
@@ -843,12 +835,88 @@ fn methods_that_need_more_from_the_problem_say_so() {
         Err(BilevelError::NoClosedForm)
     );
     // FuncID itself falls back to finite differences of ∂_v ℓ_in and works.
-    assert!(
-        run(MethodConfig::Funcid {
-            steps: 3,
-            optimizer: OptimizerConfig::adam(1e-3),
-            warm_start: true
-        })
-        .is_ok()
+    assert!(run(MethodConfig::funcid(3, OptimizerConfig::adam(1e-3), true)).is_ok());
+}
+
+/// FuncID's adjoint options change how the adjoint is trained, not what it estimates. On a
+/// linear inner model the network adjoint spans the same functions as the linear adjoint, so:
+/// started from the linear solution with no steps it is FuncID-linear exactly for any κ (ψ starts
+/// at a*/κ and the hypergradient uses κ·a), with cosine 1; trained from a zero output or a random
+/// draw, with κ = 1 or 4, it converges to the closed form.
+#[test]
+fn funcid_adjoint_options_keep_the_estimate() {
+    use funcrl_bilevel::AdjointInit;
+    let ctx = Ctx::from_env(Precision::F64);
+    let model = linear_model();
+    let ridge = 0.0;
+    let inst = generate(
+        &ctx,
+        DIMS,
+        200,
+        150,
+        1.5,
+        0.1,
+        LqOracle::LinearFeatures { ridge },
+        false,
+        3,
     );
+    let theta = exact_inner(&ctx, &inst, &model, &inst.omega0, ridge);
+    let exact = grad_with(
+        &ctx,
+        &inst,
+        &model,
+        &MethodConfig::ClosedForm,
+        &inst.omega0,
+        &theta,
+        ridge,
+    );
+    let funcid = |init, kappa, steps| MethodConfig::Funcid {
+        steps,
+        optimizer: OptimizerConfig::adam(1e-2),
+        warm_start: false,
+        init,
+        curvature_scale: kappa,
+        own_norm_state: false,
+        log_cosine: true,
+    };
+    for kappa in [1.0, 4.0] {
+        let mut m = funcid(AdjointInit::Linear, kappa, 0).build::<LinearQuadratic, Mlp>();
+        let mut th = theta.clone();
+        let hg = m
+            .total_gradient(HyperInput {
+                ctx: &ctx,
+                problem: &inst.problem,
+                model: &model,
+                omega: &inst.omega0,
+                theta: &mut th,
+                inner: &inst.inner,
+                outer: &inst.outer,
+                inner_ridge: ridge,
+                rng: &mut StdRng::seed_from_u64(7),
+            })
+            .unwrap();
+        let e = rel_err(&hg.grad, &exact);
+        let cos = hg.adjoint_cosine.unwrap();
+        println!("funcid linear init, κ = {kappa}, no steps: rel err {e:.2e}, cosine {cos}");
+        assert!(e < 1e-10, "{e:e}");
+        assert!((cos - 1.0).abs() < 1e-12, "{cos}");
+    }
+    for (init, kappa) in [
+        (AdjointInit::ZeroOutput, 1.0),
+        (AdjointInit::ZeroOutput, 4.0),
+        (AdjointInit::Independent, 4.0),
+    ] {
+        let g = grad_with(
+            &ctx,
+            &inst,
+            &model,
+            &funcid(init, kappa, 4000),
+            &inst.omega0,
+            &theta,
+            ridge,
+        );
+        let e = rel_err(&g, &exact);
+        println!("funcid {init:?}, κ = {kappa}, 4000 Adam steps: rel err {e:.2e}");
+        assert!(e < 1e-6, "{init:?} κ = {kappa}: {e:e}");
+    }
 }

@@ -7,7 +7,7 @@
 //! pure function of the parameters, which the finite-difference Hessian products of AID/ITD/penalty
 //! and the gradient tests need.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use burn::tensor::{DType, Tensor, TensorData, activation};
 use funcrl_bilevel::{Ctx, Forward, InnerModel, Params, ctx::to_vec};
@@ -27,7 +27,11 @@ pub struct Net {
     /// Inner steps through the fused host kernel (`funcrl_kernels::normed`) where the tensors are f64;
     /// `false`: burn's autodiff (the kernel's tests compare the two).
     pub host_kernel: bool,
+    /// Power-iteration vectors of the selected parameter set ([`InnerModel::select_state`]).
     u: RefCell<Vec<Option<Tensor<2>>>>,
+    /// Those of the other parameter sets, by slot (the selected slot's entry is empty).
+    parked: RefCell<Vec<Vec<Option<Tensor<2>>>>>,
+    slot: Cell<usize>,
 }
 
 impl Net {
@@ -88,6 +92,8 @@ impl Net {
         let k = widths.len() - 1;
         Self {
             u: RefCell::new(vec![None; k]),
+            parked: RefCell::new(vec![Vec::new()]),
+            slot: Cell::new(0),
             widths,
             layers,
             spectral_norm,
@@ -245,6 +251,29 @@ impl InnerModel for Net {
         self.head.expect("the inner model has a head")
     }
 
+    fn refresh(&self, ctx: &Ctx, params: &Params) {
+        Net::refresh(self, ctx, params);
+    }
+
+    fn select_state(&self, slot: usize) {
+        let now = self.slot.get();
+        if slot == now {
+            return;
+        }
+        let mut parked = self.parked.borrow_mut();
+        if parked.len() <= slot {
+            parked.resize(slot + 1, Vec::new());
+        }
+        let mut next = std::mem::take(&mut parked[slot]);
+        if next.is_empty() {
+            // A slot used for the first time starts like a fresh network: five power steps on
+            // its first refresh.
+            next = vec![None; self.layers.len()];
+        }
+        parked[now] = std::mem::replace(&mut *self.u.borrow_mut(), next);
+        self.slot.set(slot);
+    }
+
     fn grad_through(
         &self,
         theta: &Params,
@@ -293,6 +322,44 @@ mod tests {
     use super::*;
     use funcrl_bilevel::Precision;
     use rand::SeedableRng;
+
+    /// Two parameter sets on one `Net` (θ and FuncID's adjoint ψ) each keep their own
+    /// power-iteration vectors: slot 1 behaves as a fresh network refreshed at ψ only, and going
+    /// back to slot 0 finds θ's vectors untouched.
+    #[test]
+    fn each_state_slot_keeps_its_own_power_iteration() {
+        let ctx = Ctx::flex(Precision::F64);
+        let widths = vec![3, 8, 6, 4];
+        let make = || Net::funcbo(widths.clone(), Act::Relu, true, Some(2));
+        let net = make();
+        let theta = net.init(&ctx, &mut StdRng::seed_from_u64(1));
+        let psi = net.init(&ctx, &mut StdRng::seed_from_u64(2));
+        let x = ctx.tensor2((0..15).map(|k| (k as f64 * 0.37).sin()).collect(), 5, 3);
+        for _ in 0..3 {
+            InnerModel::refresh(&net, &ctx, &theta);
+        }
+        let before = to_vec(&net.forward(&theta, &x).output);
+        net.select_state(1);
+        for _ in 0..3 {
+            InnerModel::refresh(&net, &ctx, &psi);
+        }
+        let fresh = make();
+        for _ in 0..3 {
+            fresh.refresh(&ctx, &psi);
+        }
+        assert_eq!(
+            to_vec(&net.forward(&psi, &x).output),
+            to_vec(&fresh.forward(&psi, &x).output)
+        );
+        // The slots differ (ψ's spectral norms are not θ's).
+        assert_ne!(
+            to_vec(&net.forward(&theta, &x).output),
+            before,
+            "slot 1 should not use θ's vectors"
+        );
+        net.select_state(0);
+        assert_eq!(to_vec(&net.forward(&theta, &x).output), before);
+    }
 
     /// funcBO's layout: treatment net Lin-ReLU, Lin-ReLU-LN, Lin-ReLU, Lin-LN-Tanh. Recomputed
     /// on the host from the parameters (σ̂ from the stored power-iteration vectors): same output.

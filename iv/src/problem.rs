@@ -507,11 +507,7 @@ mod tests {
         let y2: Vec<f64> = to_vec(&m(n2, 1));
         let methods = [
             MethodConfig::FuncidLinear { ridge: None },
-            MethodConfig::Funcid {
-                steps: 3,
-                optimizer: OptimizerConfig::adam(1e-3),
-                warm_start: true,
-            },
+            MethodConfig::funcid(3, OptimizerConfig::adam(1e-3), true),
             MethodConfig::Aid {
                 solver: Default::default(),
                 iterations: 2,

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use funcrl_bilevel::inner::solve_head;
 use funcrl_bilevel::{
     BilevelProblem, Ctx, InnerConfig, InnerModel, MethodConfig, Optimizer, OptimizerConfig, Params,
     Precision, Solver, SolverConfig,
@@ -228,6 +229,11 @@ pub struct IvConfig {
     /// the original scale of the outcome.
     #[serde(default)]
     pub standardize: Standardize,
+    /// Evaluate with the stage-1 head solved exactly at the current ω (the reference code's
+    /// `evaluate()`: both stages refit in closed form on the current features). Off: the head
+    /// from the last inner solve, fitted at the previous ω.
+    #[serde(default = "d_true")]
+    pub eval_refit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -581,6 +587,37 @@ pub fn setup(
     (solver, s1, s2)
 }
 
+/// f̂ at the test treatments `t` (the fitted columns' scale) from the solver's current state:
+/// the stage-1 head — solved exactly at the current ω with ridge `refit` when given, else the
+/// last inner solve's — predicts the stage-2 features, stage 2 is solved on them, and the
+/// treatment net maps `t`.
+pub fn predict_test(
+    solver: &Solver<IvProblem, Net>,
+    s1: &Stage1,
+    s2: &Stage2,
+    t: &Matrix,
+    refit: Option<f64>,
+) -> Result<Vec<f64>, funcrl_bilevel::BilevelError> {
+    let theta = match refit {
+        Some(ridge) => solve_head(
+            &solver.ctx,
+            &solver.problem,
+            &solver.model,
+            &solver.omega,
+            &solver.theta,
+            &s1.z,
+            s1,
+            ridge,
+        )?,
+        None => solver.theta.detached(),
+    };
+    let v2 = solver.model.forward(&theta, &s2.z).output;
+    let u = solver
+        .problem
+        .stage2_weights(&solver.omega.detached(), &v2, s2);
+    Ok(solver.problem.predict(&solver.omega, &u, t))
+}
+
 /// One outer iteration's record (a row of a run's `metrics.csv`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Iteration {
@@ -595,11 +632,13 @@ pub struct Iteration {
     pub test_mse: Option<f64>,
     /// Mean seconds per iteration so far.
     pub mean_seconds: f64,
+    /// FuncID's network-vs-linear adjoint cosine (`log_cosine`).
+    pub adjoint_cosine: Option<f64>,
 }
 
 impl Iteration {
     /// The `metrics.csv` columns, in [`Iteration::row`]'s order.
-    pub const HEADER: [&'static str; 7] = [
+    pub const HEADER: [&'static str; 8] = [
         "iteration",
         "outer_loss",
         "inner_loss",
@@ -607,10 +646,11 @@ impl Iteration {
         "grad_norm",
         "seconds",
         "test_mse",
+        "adjoint_cosine",
     ];
 
     /// The record as numbers (NaN where a value is absent).
-    pub fn row(&self) -> [f64; 7] {
+    pub fn row(&self) -> [f64; 8] {
         [
             self.index as f64,
             self.outer_loss,
@@ -619,6 +659,7 @@ impl Iteration {
             self.grad_norm,
             self.seconds,
             self.test_mse.unwrap_or(f64::NAN),
+            self.adjoint_cosine.unwrap_or(f64::NAN),
         ]
     }
 }
@@ -694,19 +735,15 @@ pub fn fit(cfg: &IvConfig, ds: &IvDataset, observer: &mut dyn FitObserver) -> an
     check_network(&cfg.network, &fit_ds)?;
     let (mut solver, s1, s2) = setup(cfg, &solver_cfg, &fit_ds, &ctx);
     observer.begin()?;
-    let evaluate = |solver: &Solver<IvProblem, Net>| -> (Vec<f64>, Option<f64>) {
-        let v2 = solver.model.forward(&solver.theta.detached(), &s2.z).output;
-        let u = solver
-            .problem
-            .stage2_weights(&solver.omega.detached(), &v2, &s2);
-        let pred: Vec<f64> = solver
-            .problem
-            .predict(&solver.omega, &u, &fit_ds.test_treatment)
+    let inner_ridge = solver_cfg.inner.ridge;
+    let evaluate = |solver: &Solver<IvProblem, Net>| -> anyhow::Result<(Vec<f64>, Option<f64>)> {
+        let refit = cfg.eval_refit.then_some(inner_ridge);
+        let pred: Vec<f64> = predict_test(solver, &s1, &s2, &fit_ds.test_treatment, refit)?
             .into_iter()
             .map(|p| p * y_sd + y_mean)
             .collect();
         let m = mse(&pred, &ds.test_structural.data);
-        (pred, m)
+        Ok((pred, m))
     };
     let mut cov_opt = cfg.network.covariate.as_ref().map(|c| {
         let o = match cfg.weight_decay_form {
@@ -720,7 +757,9 @@ pub fn fit(cfg: &IvConfig, ds: &IvDataset, observer: &mut dyn FitObserver) -> an
     let mut total = 0.0;
     for it in 0..cfg.iterations {
         solver.problem.refresh(&ctx, &solver.omega);
-        solver.model.refresh(&ctx, &solver.theta);
+        if !solver_cfg.inner.refresh_every_step {
+            solver.model.refresh(&ctx, &solver.theta);
+        }
         let mut log = solver.step(&s1, &s2)?;
         if let Some((opt, steps)) = cov_opt.as_mut() {
             let start = Instant::now();
@@ -737,7 +776,7 @@ pub fn fit(cfg: &IvConfig, ds: &IvDataset, observer: &mut dyn FitObserver) -> an
         }
         let eval = (it + 1) % cfg.eval_every.max(1) == 0 || it + 1 == cfg.iterations;
         let test = if eval {
-            let (p, m) = evaluate(&solver);
+            let (p, m) = evaluate(&solver)?;
             last_pred = p;
             last_mse = m;
             m
@@ -749,6 +788,7 @@ pub fn fit(cfg: &IvConfig, ds: &IvDataset, observer: &mut dyn FitObserver) -> an
             outer_loss: log.outer_loss,
             inner_loss: log.inner_loss,
             adjoint_loss: log.adjoint_loss,
+            adjoint_cosine: log.adjoint_cosine,
             grad_norm: log.grad_norm,
             seconds: log.seconds,
             test_mse: test,
@@ -801,6 +841,84 @@ mod tests {
 
     /// DFIV's covariate update: a few Adam steps on χ alone lower L_out at the current stage-2
     /// predictions and leave the treatment net's part of ω as it was.
+    /// `eval_refit`: the prediction equals the two-stage closed form recomputed on the host from
+    /// the current networks — stage-1 ridge of φ_ω(t₁) on [ψ(z₁), 1], its prediction on the
+    /// stage-2 rows, stage-2 ridge of y on it, then [φ_ω(t), 1]·u — after an outer step has moved
+    /// ω away from the ω the head was fitted at (without refit the prediction differs).
+    #[test]
+    fn refit_evaluation_is_the_two_stage_closed_form_at_the_current_omega() {
+        let cfg = load(
+            "dsprites_dfiv.toml",
+            &[
+                "data.n=120",
+                "network.treatment_hidden=[16]",
+                "network.instrument_hidden=[12]",
+                "network.features=4",
+                "inner.steps=3",
+            ],
+        );
+        let Resolved::Deep { solver: scfg, .. } = cfg.resolve().unwrap() else {
+            panic!("a deep method");
+        };
+        let ds = generate::build(&cfg.data, 0).unwrap();
+        let (ds, _) = standardize(&ds, Standardize::Instrument);
+        let ctx = Ctx::flex(cfg.precision);
+        let (mut solver, s1, s2) = setup(&cfg, &scfg, &ds, &ctx);
+        solver.step(&s1, &s2).unwrap();
+        let ridge = scfg.inner.ridge;
+        let feats = |z: &burn::tensor::Tensor<2>| {
+            let f = solver.model.forward(&solver.theta.detached(), z).features;
+            let [n, p] = f.dims();
+            (to_vec(&f), n, p)
+        };
+        let (psi1, n1, p) = feats(&s1.z);
+        let (psi2, n2, _) = feats(&s2.z);
+        let phi1 = to_vec(&solver.problem.features(&solver.omega.detached(), &s1));
+        let d = phi1.len() / n1;
+        let mut v2 = vec![0.0; n2 * d];
+        for c in 0..d {
+            let col: Vec<f64> = (0..n1).map(|r| phi1[r * d + c]).collect();
+            let w = stage2_ridge(&psi1, n1, p, &col, ridge).unwrap();
+            for r in 0..n2 {
+                v2[r * d + c] = (0..p).map(|i| psi2[r * p + i] * w[i]).sum::<f64>() + w[p];
+            }
+        }
+        let u = stage2_ridge(&v2, n2, d, &s2.y, cfg.stage2_ridge).unwrap();
+        let t = &ds.test_treatment;
+        let phi_t = to_vec(
+            &solver
+                .problem
+                .net
+                .run(
+                    &solver.omega.detached(),
+                    &ctx.tensor2(t.data.clone(), t.rows, t.cols),
+                )
+                .0,
+        );
+        let want: Vec<f64> = (0..t.rows)
+            .map(|r| (0..d).map(|i| phi_t[r * d + i] * u[i]).sum::<f64>() + u[d])
+            .collect();
+        let got = predict_test(&solver, &s1, &s2, t, Some(ridge)).unwrap();
+        let stale = predict_test(&solver, &s1, &s2, t, None).unwrap();
+        let err = |a: &[f64]| {
+            a.iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max)
+                / want.iter().map(|y| y.abs()).fold(0.0, f64::max)
+        };
+        assert!(
+            err(&got) < 1e-9,
+            "refit vs host closed form: {:e}",
+            err(&got)
+        );
+        assert!(
+            err(&stale) > 1e-6,
+            "the stale head should differ: {:e}",
+            err(&stale)
+        );
+    }
+
     #[test]
     fn covariate_steps_lower_the_stage2_loss_and_move_only_chi() {
         let cfg = load(

@@ -115,14 +115,7 @@ pub fn solver_method(
             mode: FuncidMode::Network,
             adjoint_steps,
             ..
-        } => Some(
-            MethodConfig::Funcid {
-                steps: *adjoint_steps,
-                optimizer: OptimizerConfig::adam(1e-3),
-                warm_start: false,
-            }
-            .build(),
-        ),
+        } => Some(MethodConfig::funcid(*adjoint_steps, OptimizerConfig::adam(1e-3), false).build()),
         _ => None,
     }
 }

@@ -100,6 +100,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
             grad: direct.sub(&cross).detached(),
             outer_loss,
             adjoint_loss: None,
+            adjoint_cosine: None,
         })
     }
 }

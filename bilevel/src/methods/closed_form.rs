@@ -23,6 +23,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for ClosedForm 
             grad,
             outer_loss,
             adjoint_loss: None,
+            adjoint_cosine: None,
         })
     }
 }

@@ -1,8 +1,12 @@
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
 use super::{
-    HyperInput, Hypergradient, HypergradientMethod, outer_value_and_grad_v, total_from_adjoint,
+    HyperInput, Hypergradient, HypergradientMethod, funcid_linear::linear_adjoint,
+    outer_value_and_grad_v, total_from_adjoint,
 };
 use crate::{
-    ctx::scalar,
+    ctx::{scalar, to_vec},
     error::BilevelError,
     model::InnerModel,
     optim::{Optimizer, OptimizerConfig},
@@ -10,16 +14,40 @@ use crate::{
     problem::{BilevelProblem, inner_hvp_v},
 };
 
+/// Where the adjoint network ψ starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjointInit {
+    /// An independent draw of the inner model's initialiser (then warm-started if asked).
+    #[default]
+    Independent,
+    /// A copy of the inner model's initial parameters θ₀, made once before the first inner
+    /// solve: the reference code's `DualNetwork` (a deep copy of the untrained inner model).
+    CopyInner,
+    /// An independent draw with the head set to zero, so a ≡ 0 at the start: no random adjoint
+    /// enters the first hypergradients.
+    ZeroOutput,
+    /// Every outer iteration, θ's feature layers with the closed-form linear adjoint as head:
+    /// the steps then only add to FuncID-linear what the last features cannot express.
+    Linear,
+}
+
 /// FuncID with a network adjoint a_ψ (same architecture as h), trained for `steps` optimiser
-/// steps on J(a) = ½ mean_P aᵀ (∂²_v ℓ_in) a + Σ_Q aᵀ D, D = ∂L_out/∂v.
+/// steps on J(a) = ½κ mean_P aᵀ (∂²_v ℓ_in) a + Σ_Q aᵀ D, D = ∂L_out/∂v.
 /// The curvature is taken w.r.t. the prediction only, so no second derivative goes through a
-/// network: the gradient of J w.r.t. the outputs is (H a / n, D), and backpropagating the
-/// surrogate ⟨a_P, sg(H a_P)⟩/n + ⟨a_Q, D⟩ gives ∇_ψ J in one first-order backward.
+/// network: the gradient of J w.r.t. the outputs is (κ H a / n, D), and backpropagating the
+/// surrogate ⟨a_P, sg(κ H a_P)⟩/n + ⟨a_Q, D⟩ gives ∇_ψ J in one first-order backward.
 pub struct FuncId {
     pub steps: usize,
     pub warm_start: bool,
+    pub init: AdjointInit,
+    /// κ above; the hypergradient uses κ·a (the minimiser of J is a*/κ).
+    pub curvature_scale: f64,
+    pub own_norm_state: bool,
+    pub log_cosine: bool,
     optimizer: Optimizer,
     psi: Option<Params>,
+    theta0: Option<Params>,
 }
 
 impl FuncId {
@@ -27,10 +55,33 @@ impl FuncId {
         Self {
             steps,
             warm_start,
+            init: AdjointInit::Independent,
+            curvature_scale: 1.0,
+            own_norm_state: false,
+            log_cosine: false,
             optimizer: Optimizer::new(optimizer),
             psi: None,
+            theta0: None,
         }
     }
+}
+
+/// `theta` with its head (the last two tensors) replaced by the `[q, d_v]` coefficients `v`.
+fn with_head(theta: &Params, v: &Tensor<2>) -> Params {
+    let [q, dv] = v.dims();
+    let k = theta.len();
+    let mut out = theta.detached();
+    out.0[k - 2] = v.clone().slice([0..q - 1, 0..dv]);
+    out.0[k - 1] = v.clone().slice([q - 1..q, 0..dv]);
+    out
+}
+
+fn cosine(a: &Tensor<2>, b: &Tensor<2>) -> f64 {
+    let (a, b) = (to_vec(a), to_vec(b));
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
 }
 
 impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for FuncId {
@@ -38,31 +89,63 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for FuncId {
         "funcid"
     }
 
+    fn begin(&mut self, theta0: &Params) {
+        self.theta0 = Some(theta0.detached());
+    }
+
     fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {
         let theta = i.theta.detached();
         let (x_in, x_out) = i.inputs();
-        let v_in = i.model.forward(&theta, &x_in).output.detach();
-        let v_out = i.model.forward(&theta, &x_out).output.detach();
+        let f_in = i.model.forward(&theta, &x_in);
+        let f_out = i.model.forward(&theta, &x_out);
+        let v_in = f_in.output.clone().detach();
+        let v_out = f_out.output.clone().detach();
         let (outer_loss, d) = outer_value_and_grad_v(i.problem, i.omega, &v_out, i.outer);
         let n = v_in.dims()[0] as f64;
+        let kappa = self.curvature_scale;
 
-        let mut psi = match (&self.psi, self.warm_start) {
-            (Some(psi), true) => psi.detached(),
+        let linear = if self.init == AdjointInit::Linear || self.log_cosine {
+            Some(linear_adjoint(&i, &f_in, &f_out, &d, i.inner_ridge)?)
+        } else {
+            None
+        };
+        let mut psi = match (&self.psi, self.warm_start, self.init, &linear) {
+            // The minimiser of J is a*/κ: start there.
+            (_, _, AdjointInit::Linear, Some(lin)) => {
+                self.optimizer.reset();
+                with_head(&theta, &lin.v.clone().mul_scalar(1.0 / kappa))
+            }
+            (Some(psi), true, _, _) => psi.detached(),
             _ => {
                 self.optimizer.reset();
-                i.model.init(i.ctx, i.rng)
+                match self.init {
+                    AdjointInit::CopyInner => self.theta0.clone().unwrap_or_else(|| theta.clone()),
+                    AdjointInit::ZeroOutput => {
+                        let mut p = i.model.init(i.ctx, i.rng);
+                        let k = p.len();
+                        for j in [k - 2, k - 1] {
+                            p.0[j] = p.0[j].clone().zeros_like();
+                        }
+                        p
+                    }
+                    AdjointInit::Independent | AdjointInit::Linear => i.model.init(i.ctx, i.rng),
+                }
             }
         };
+        if self.own_norm_state {
+            i.model.select_state(1);
+            i.model.refresh(i.ctx, &psi);
+        }
         let mut adjoint_loss = f64::NAN;
         for _ in 0..self.steps {
-            // A model with its own gradient route: ∂J/∂a_P = H a_P / n and ∂J/∂a_Q = D.
+            // A model with its own gradient route: ∂J/∂a_P = κ H a_P / n and ∂J/∂a_Q = D.
             let (mut quad, mut lin) = (0.0, 0.0);
             let fused = i
                 .model
                 .grad_through(&psi, &x_in, &mut |a| {
                     let ha = inner_hvp_v(i.ctx, i.problem, i.omega, &v_in, &a, i.inner);
                     quad = scalar((a * ha.clone()).sum()) / n;
-                    ha.mul_scalar(1.0 / n)
+                    ha.mul_scalar(kappa / n)
                 })
                 .and_then(|g_in| {
                     let g_out = i.model.grad_through(&psi, &x_out, &mut |a| {
@@ -72,7 +155,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for FuncId {
                     Some(g_in.add(&g_out))
                 });
             if let Some(g) = fused {
-                adjoint_loss = 0.5 * quad + lin;
+                adjoint_loss = 0.5 * kappa * quad + lin;
                 psi = self.optimizer.step(&psi, &g);
                 continue;
             }
@@ -80,19 +163,29 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for FuncId {
             let a_in = i.model.forward(&ps, &x_in).output;
             let a_out = i.model.forward(&ps, &x_out).output;
             let ha = inner_hvp_v(i.ctx, i.problem, i.omega, &v_in, &a_in, i.inner);
-            let quad = (a_in * ha).sum().mul_scalar(1.0 / n);
+            let quad = (a_in * ha).sum().mul_scalar(kappa / n);
             let lin = (a_out * d.clone()).sum();
             adjoint_loss = scalar(quad.clone().detach()) * 0.5 + scalar(lin.clone().detach());
             let g = ps.grads(&(quad + lin).backward());
             psi = self.optimizer.step(&psi, &g);
         }
-        let a_in = i.model.forward(&psi, &x_in).output.detach();
+        let a_in = i
+            .model
+            .forward(&psi, &x_in)
+            .output
+            .detach()
+            .mul_scalar(kappa);
+        if self.own_norm_state {
+            i.model.select_state(0);
+        }
+        let adjoint_cosine = linear.as_ref().map(|lin| cosine(&a_in, &lin.a_in));
         let grad = total_from_adjoint(i.problem, i.omega, &v_in, &a_in, &v_out, i.inner, i.outer);
         self.psi = Some(psi);
         Ok(Hypergradient {
             grad,
             outer_loss,
             adjoint_loss: Some(adjoint_loss),
+            adjoint_cosine,
         })
     }
 }

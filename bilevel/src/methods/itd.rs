@@ -76,6 +76,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Itd {
             grad,
             outer_loss,
             adjoint_loss: None,
+            adjoint_cosine: None,
         })
     }
 }

@@ -9,7 +9,7 @@ mod penalty;
 
 pub use aid::{Aid, AidSolver};
 pub use closed_form::ClosedForm;
-pub use funcid::FuncId;
+pub use funcid::{AdjointInit, FuncId};
 pub use funcid_linear::FuncIdLinear;
 pub use itd::Itd;
 pub use penalty::Penalty;
@@ -61,6 +61,10 @@ pub struct Hypergradient {
     pub outer_loss: f64,
     /// Value of the adjoint objective where the method has one (FuncID, FuncID-linear).
     pub adjoint_loss: Option<f64>,
+    /// FuncID with `log_cosine`: cosine between the network adjoint and the linear adjoint on
+    /// the inner rows (1: the network adds nothing the last features do not span; near 0 or
+    /// negative: the two hypergradients disagree, typically a network adjoint far from optimal).
+    pub adjoint_cosine: Option<f64>,
 }
 
 /// A hypergradient method. Methods keep state between calls (warm starts).
@@ -70,10 +74,17 @@ pub trait HypergradientMethod<P: BilevelProblem, M: InnerModel> {
         &mut self,
         input: HyperInput<'_, P, M>,
     ) -> Result<Hypergradient, BilevelError>;
+
+    /// Told the inner model's initial parameters θ₀ before the first inner solve (FuncID's
+    /// adjoint may start as a copy of them). Default: ignored.
+    fn begin(&mut self, _theta0: &Params) {}
 }
 
 fn default_true() -> bool {
     true
+}
+fn default_one() -> f64 {
+    1.0
 }
 fn default_adjoint_steps() -> usize {
     20
@@ -111,6 +122,22 @@ pub enum MethodConfig {
         /// Start from the previous ψ (else re-initialise every outer iteration).
         #[serde(default = "default_true")]
         warm_start: bool,
+        /// Where ψ starts (see [`AdjointInit`]).
+        #[serde(default)]
+        init: AdjointInit,
+        /// κ in J(a) = ½κ mean_P aᵀHa + Σ_Q aᵀD; the hypergradient uses κ·a, so κ changes how
+        /// the adjoint is trained, not what it estimates. The reference code's weighting is
+        /// κ = 4 (a summed squared loss, Hessian 2, and no ½ in its dual loss).
+        #[serde(default = "default_one")]
+        curvature_scale: f64,
+        /// ψ keeps its own spectral-norm power-iteration vectors (refreshed at ψ once per outer
+        /// iteration) instead of borrowing θ's.
+        #[serde(default)]
+        own_norm_state: bool,
+        /// Log the cosine between the network adjoint and the linear adjoint on the inner rows
+        /// every iteration (`adjoint_cosine`; one small ridge solve).
+        #[serde(default)]
+        log_cosine: bool,
     },
     /// Closed-form adjoint a(x) = V[φ(x); 1] on the inner network's last features.
     FuncidLinear {
@@ -160,6 +187,19 @@ pub enum MethodConfig {
 }
 
 impl MethodConfig {
+    /// FuncID with a network adjoint and the other options at their defaults.
+    pub fn funcid(steps: usize, optimizer: OptimizerConfig, warm_start: bool) -> Self {
+        MethodConfig::Funcid {
+            steps,
+            optimizer,
+            warm_start,
+            init: AdjointInit::default(),
+            curvature_scale: 1.0,
+            own_norm_state: false,
+            log_cosine: false,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             MethodConfig::Funcid { .. } => "funcid",
@@ -181,7 +221,18 @@ impl MethodConfig {
                 steps,
                 optimizer,
                 warm_start,
-            } => Box::new(FuncId::new(steps, optimizer, warm_start)),
+                init,
+                curvature_scale,
+                own_norm_state,
+                log_cosine,
+            } => {
+                let mut f = FuncId::new(steps, optimizer, warm_start);
+                f.init = init;
+                f.curvature_scale = curvature_scale;
+                f.own_norm_state = own_norm_state;
+                f.log_cosine = log_cosine;
+                Box::new(f)
+            }
             MethodConfig::FuncidLinear { ridge } => Box::new(FuncIdLinear { ridge }),
             MethodConfig::Aid {
                 solver,

@@ -46,6 +46,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Penalty {
             grad: direct.axpy(2.0 * self.lambda, &cross).detached(),
             outer_loss,
             adjoint_loss: None,
+            adjoint_cosine: None,
         })
     }
 }
