@@ -220,7 +220,7 @@ fn every_method_runs_end_to_end() {
         }
         let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
         assert!(csv.starts_with(
-            "iteration,outer_loss,inner_loss,adjoint_loss,grad_norm,seconds,test_mse"
+            "iteration,outer_loss,inner_loss,adjoint_loss,grad_norm,seconds,test_mse,adjoint_cosine"
         ));
         assert_eq!(csv.lines().count(), 3, "{m}: {csv}");
         let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
@@ -414,8 +414,22 @@ fn iv_bench_writes_summary_and_figures() {
         "summary.md",
         "mse_boxes.png",
         "outer_loss.png",
+        "inner_loss.png",
     ] {
         assert!(std::path::Path::new(&out).join(f).is_file(), "{f} missing");
+    }
+    // The same bench with the seeds spread over two processes gives the same table.
+    let spread_out = out_dir("bench-jobs");
+    let mut spread: Vec<&str> = args.clone();
+    let at = spread.iter().position(|a| *a == "--out").unwrap() + 1;
+    spread[at] = &spread_out;
+    spread.extend(["--jobs", "2"]);
+    let o2 = funcrl(&spread);
+    assert!(o2.status.success(), "{}", stderr(&o2));
+    assert_eq!(String::from_utf8_lossy(&o2.stdout), table);
+    for seed in 0..2 {
+        let log = format!("{spread_out}/logs/seed-{seed}.log");
+        assert!(std::path::Path::new(&log).is_file(), "{log} missing");
     }
     // A rerun reuses the finished runs: same table, no new run directory.
     let count = || std::fs::read_dir(format!("{out}/runs")).unwrap().count();

@@ -9,6 +9,7 @@ use clap::Args;
 use crate::config::UsageError;
 use crate::iv::run as ivrun;
 use crate::plot::{self, Band};
+use crate::slurm::{self, LaunchArgs, Launcher};
 use funcrl_iv::run::IvConfig;
 
 #[derive(Args, Debug)]
@@ -36,12 +37,105 @@ pub struct IvBenchArgs {
     /// Run nothing: summarise the finished runs in --out (methods may have different seed counts).
     #[arg(long)]
     pub collect: bool,
+    /// Processes at once: the seeds are spread over child processes (each runs every config and
+    /// size of one seed, its log in --out/logs/seed-N.log), then the summary is collected.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// A child of --jobs: run, write no summary.
+    #[arg(long, hide = true)]
+    pub no_summary: bool,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+}
+
+/// Runs seeds first-seed..seeds as child `iv-bench` processes, `args.jobs` at a time. SIGINT or
+/// SIGTERM stops the children (finished runs are kept; a rerun reuses them); a failed child
+/// stops the others and names its seed and log.
+fn spread_seeds(args: &IvBenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let logs = args.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let stop = crate::signals::Stop::install()?;
+    let stop_all = |running: &mut Vec<(std::process::Child, u64)>| {
+        for (c, _) in running.iter() {
+            crate::signals::terminate(c);
+        }
+        for (c, _) in running.iter_mut() {
+            let _ = c.wait();
+        }
+    };
+    let mut running: Vec<(std::process::Child, u64)> = vec![];
+    let mut next = args.first_seed;
+    while next < args.seeds || !running.is_empty() {
+        if let Some(sig) = stop.requested() {
+            stop_all(&mut running);
+            return Err(crate::signals::Stopped {
+                signal: sig,
+                message: format!(
+                    "iv-bench stopped by {}: finished runs are kept in {}; rerun the same command to continue",
+                    crate::signals::name(sig),
+                    args.out.display()
+                ),
+            }
+            .into());
+        }
+        while running.len() < args.jobs && next < args.seeds {
+            let configs: Vec<String> = args
+                .configs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("iv-bench")
+                .arg("--configs")
+                .arg(configs.join(","))
+                .arg("--seeds")
+                .arg((next + 1).to_string())
+                .arg("--first-seed")
+                .arg(next.to_string())
+                .arg("--out")
+                .arg(&args.out)
+                .arg("--no-summary");
+            if !args.sizes.is_empty() {
+                let sizes: Vec<String> = args.sizes.iter().map(|n| n.to_string()).collect();
+                cmd.arg("--sizes").arg(sizes.join(","));
+            }
+            for o in &args.overrides {
+                cmd.arg("--set").arg(o);
+            }
+            let log = std::fs::File::create(logs.join(format!("seed-{next}.log")))?;
+            cmd.stdout(std::process::Stdio::null()).stderr(log);
+            eprintln!("[iv-bench] seed {next}: started");
+            running.push((cmd.spawn()?, next));
+            next += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut k = 0;
+        while k < running.len() {
+            match running[k].0.try_wait()? {
+                Some(status) => {
+                    let (_, seed) = running.remove(k);
+                    if !status.success() {
+                        stop_all(&mut running);
+                        anyhow::bail!(
+                            "seed {seed} failed ({status}); see {}",
+                            logs.join(format!("seed-{seed}.log")).display()
+                        );
+                    }
+                    eprintln!("[iv-bench] seed {seed}: done");
+                }
+                None => k += 1,
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Group {
     label: String,
     mse: Vec<f64>,
     curves: Vec<Vec<f64>>,
+    inner: Vec<Vec<f64>>,
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
@@ -73,15 +167,35 @@ fn finished(root: &Path, cfg: &IvConfig) -> Option<ivrun::IvResult> {
     })
 }
 
-fn outer_losses(dir: &Path) -> Vec<f64> {
+/// Column `k` of a run's metrics.csv (1: outer loss, 2: inner loss).
+fn column(dir: &Path, k: usize) -> Vec<f64> {
     std::fs::read_to_string(dir.join("metrics.csv"))
         .map(|t| {
             t.lines()
                 .skip(1)
-                .filter_map(|l| l.split(',').nth(1)?.parse().ok())
+                .filter_map(|l| l.split(',').nth(k)?.parse().ok())
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Mean ± std over runs of equal-length prefixes of the curves.
+fn band(name: &str, curves: &[Vec<f64>]) -> Band {
+    let len = curves.iter().map(Vec::len).min().unwrap_or(0);
+    let k = curves.len() as f64;
+    let mean: Vec<f64> = (0..len)
+        .map(|i| curves.iter().map(|c| c[i]).sum::<f64>() / k)
+        .collect();
+    let std = (0..len)
+        .map(|i| (curves.iter().map(|c| (c[i] - mean[i]).powi(2)).sum::<f64>() / k).sqrt())
+        .collect();
+    Band {
+        name: name.to_string(),
+        x: (0..len).map(|i| i as f64).collect(),
+        mean,
+        std,
+        bounds: None,
+    }
 }
 
 pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -92,7 +206,19 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         ))
         .into());
     }
+    if args.jobs == 0 {
+        return Err(UsageError::new("--jobs must be at least 1").into());
+    }
     std::fs::create_dir_all(&args.out)?;
+    // With --jobs or Slurm, others run the seeds and this process only collects.
+    let slurm = args.launch.launcher == Launcher::Slurm && !args.collect;
+    if slurm && args.jobs > 1 {
+        return Err(UsageError::new(
+            "--jobs is for --launcher local (Slurm runs one task per run)",
+        )
+        .into());
+    }
+    let collect = args.collect || args.jobs > 1 || slurm;
     let sizes: Vec<Option<usize>> = if args.sizes.is_empty() {
         vec![None]
     } else {
@@ -128,8 +254,54 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 label,
                 mse: vec![],
                 curves: vec![],
+                inner: vec![],
             });
             bases.push(base);
+        }
+    }
+    if args.jobs > 1 && !args.collect {
+        spread_seeds(args)?;
+    }
+    if slurm {
+        // One task per unfinished run: the `funcrl iv` command that makes exactly the config
+        // `finished` looks for.
+        let mut tasks = vec![];
+        for seed in args.first_seed..args.seeds {
+            for (ci, cfg_path) in args.configs.iter().enumerate() {
+                for (si, size) in sizes.iter().enumerate() {
+                    let gi = ci * sizes.len() + si;
+                    let mut cfg = bases[gi].clone();
+                    cfg.seed = seed;
+                    if finished(&runs_root, &cfg).is_some() {
+                        continue;
+                    }
+                    let mut a = vec![
+                        "iv".to_string(),
+                        "--config".to_string(),
+                        cfg_path.display().to_string(),
+                        "--seed".to_string(),
+                        seed.to_string(),
+                        "--out".to_string(),
+                        runs_root.display().to_string(),
+                    ];
+                    for o in &args.overrides {
+                        a.extend(["--set".to_string(), o.clone()]);
+                    }
+                    if let Some(n) = size {
+                        a.extend(["--set".to_string(), format!("data.n={n}")]);
+                    }
+                    tasks.push(slurm::Task {
+                        label: format!("{} seed {seed}", groups[gi].label),
+                        args: a,
+                    });
+                }
+            }
+        }
+        if !tasks.is_empty()
+            && slurm::run(&tasks, &args.out.join("slurm"), &args.launch)?
+                != slurm::Outcome::Finished
+        {
+            return Ok(());
         }
     }
     // Seed-major: a bench stopped early has about as many seeds of every method.
@@ -142,7 +314,7 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             done += 1;
             let (r, how) = match finished(&runs_root, &cfg) {
                 Some(r) => (r, "reused"),
-                None if args.collect => continue,
+                None if collect => continue,
                 None => {
                     let eta = if ran > 0 {
                         let per = started.elapsed().as_secs_f64() / ran as f64;
@@ -164,8 +336,12 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 g.label, r.seconds_per_iteration
             );
             g.mse.push(m);
-            g.curves.push(outer_losses(&r.run_dir));
+            g.curves.push(column(&r.run_dir, 1));
+            g.inner.push(column(&r.run_dir, 2));
         }
+    }
+    if args.no_summary {
+        return Ok(());
     }
     groups.retain(|g| !g.mse.is_empty());
     if groups.is_empty() {
@@ -175,15 +351,28 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let mut csv = String::from("method,runs,mean,median,std\n");
+    let mut csv = String::from("method,runs,mean,median,std,iqm,iqm_lo,iqm_hi\n");
     let mut md = String::from(
-        "| method | runs | mean test MSE | median | std |\n|---|---:|---:|---:|---:|\n",
+        "| method | runs | mean test MSE | median | std | IQM [95% bootstrap CI] |\n|---|---:|---:|---:|---:|---:|\n",
     );
     for g in &groups {
         let (mean, med, sd) = stats(&g.mse);
-        csv.push_str(&format!("{},{},{mean},{med},{sd}\n", g.label, g.mse.len()));
+        // rliable's conventions: interquartile mean, percentile bootstrap over runs.
+        let iqm = funcrl_stats::interval(
+            std::slice::from_ref(&g.mse),
+            funcrl_stats::iqm,
+            funcrl_stats::Bootstrap::default(),
+        );
+        csv.push_str(&format!(
+            "{},{},{mean},{med},{sd},{},{},{}\n",
+            g.label,
+            g.mse.len(),
+            iqm.point,
+            iqm.lo,
+            iqm.hi
+        ));
         md.push_str(&format!(
-            "| {} | {} | {mean:.4} | {med:.4} | {sd:.4} |\n",
+            "| {} | {} | {mean:.4} | {med:.4} | {sd:.4} | {iqm:.3} |\n",
             g.label,
             g.mse.len()
         ));
@@ -201,41 +390,23 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         &boxes,
         true,
     )?;
-    let bands: Vec<Band> = groups
-        .iter()
-        .map(|g| {
-            let len = g.curves.iter().map(Vec::len).min().unwrap_or(0);
-            let k = g.curves.len() as f64;
-            let mean: Vec<f64> = (0..len)
-                .map(|i| g.curves.iter().map(|c| c[i]).sum::<f64>() / k)
-                .collect();
-            let std = (0..len)
-                .map(|i| {
-                    (g.curves
-                        .iter()
-                        .map(|c| (c[i] - mean[i]).powi(2))
-                        .sum::<f64>()
-                        / k)
-                        .sqrt()
-                })
-                .collect();
-            Band {
-                name: g.label.clone(),
-                x: (0..len).map(|i| i as f64).collect(),
-                mean,
-                std,
-                bounds: None,
-            }
-        })
-        .collect();
-    plot::curves(
-        &args.out.join("outer_loss.png"),
-        "outer loss",
-        "outer iteration",
-        "outer loss",
-        &bands,
-        true,
-    )?;
+    for (file, title, inner) in [
+        ("outer_loss.png", "outer loss", false),
+        ("inner_loss.png", "inner loss", true),
+    ] {
+        let bands: Vec<Band> = groups
+            .iter()
+            .map(|g| band(&g.label, if inner { &g.inner } else { &g.curves }))
+            .collect();
+        plot::curves(
+            &args.out.join(file),
+            title,
+            "outer iteration",
+            title,
+            &bands,
+            true,
+        )?;
+    }
     write!(out, "{md}")?;
     Ok(())
 }
