@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::config::UsageError;
 use crate::plot::{self, Band};
+use crate::slurm::{self, LaunchArgs, Launcher};
 use crate::train::{CHECKPOINT, SUMMARY, Summary, load_config, read_evals, summarize};
 
 #[derive(Args, Debug, Default)]
@@ -53,6 +54,8 @@ pub struct CompareArgs {
     /// Bootstrap resamples for the confidence intervals (rliable's default).
     #[arg(long, default_value_t = 50_000)]
     pub reps: usize,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
 }
 
 /// One child run: `config` with `overrides` and `seed`, into its own folder `out`.
@@ -93,6 +96,9 @@ impl Job {
 
 const JOB: &str = "job.json";
 
+/// What `compare` prints after `--launcher slurm --dry-run`.
+const DRY_RUN: &str = "dry run: the job script is written (path above); submit it with sbatch, then rerun this command without --dry-run to collect (finished runs are reused)\n";
+
 /// The run directories (holding a config.toml) inside a job folder.
 fn run_dirs(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)?
@@ -103,10 +109,95 @@ fn run_dirs(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-/// Runs the jobs `parallel` at a time and returns each one's finished run directory, in order.
-/// Rerunning keeps finished runs and resumes the others from their checkpoints; a job folder that
-/// holds a different job is refused. If a child fails, the others are stopped.
-fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<Vec<PathBuf>> {
+/// What a job still needs: `None` when its folder holds a finished run, else the `funcrl`
+/// arguments that start it (or resume it from its checkpoint). A job folder that holds a
+/// different job is refused.
+fn job_args(job: &Job) -> anyhow::Result<Option<Vec<String>>> {
+    std::fs::create_dir_all(&job.out)?;
+    let record = serde_json::to_string_pretty(job)?;
+    let job_file = job.out.join(JOB);
+    let same = |old: &str| {
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(old).unwrap_or_default(),
+            serde_json::to_value(job).unwrap_or_default(),
+        );
+        // Records from before `resolved` was kept are matched on the rest.
+        ["config", "seed", "overrides", "resolved"]
+            .iter()
+            .all(|k| a.get(k).is_none_or(|x| Some(x) == b.get(k)))
+    };
+    match std::fs::read_to_string(&job_file) {
+        Ok(old) if !same(&old) => {
+            return Err(UsageError::new(format!(
+                "{} holds runs of a different job ({}); use another --out",
+                job.out.display(),
+                job_file.display()
+            ))
+            .into());
+        }
+        Ok(_) => {}
+        Err(_) => crate::rundir::write_atomic(&job_file, record.as_bytes())?,
+    }
+    let previous = run_dirs(&job.out)?;
+    if previous.iter().any(|d| d.join(SUMMARY).is_file()) {
+        eprintln!("done already: {} seed {}", job.label, job.seed);
+        return Ok(None);
+    }
+    let mut args = vec!["train".to_string()];
+    match previous.iter().find(|d| d.join(CHECKPOINT).is_file()) {
+        Some(dir) => {
+            eprintln!(
+                "resume {} seed {} from {}",
+                job.label,
+                job.seed,
+                dir.display()
+            );
+            args.extend(["--resume".to_string(), dir.display().to_string()]);
+        }
+        None => {
+            eprintln!("start {} seed {}", job.label, job.seed);
+            args.extend([
+                "--config".to_string(),
+                job.config.display().to_string(),
+                "--seed".to_string(),
+                job.seed.to_string(),
+                "--out".to_string(),
+                job.out.display().to_string(),
+            ]);
+            for o in &job.overrides {
+                args.extend(["--set".to_string(), o.clone()]);
+            }
+        }
+    }
+    args.push("--quiet".to_string());
+    Ok(Some(args))
+}
+
+/// Runs the jobs — `parallel` local processes at a time, or one Slurm job array (task logs in
+/// `slurm_dir`) — and returns each one's finished run directory, in order. Rerunning keeps
+/// finished runs and resumes the others from their checkpoints. If a local child fails, the
+/// others are stopped. `Ok(None)`: a Slurm dry run (the script is written, nothing ran).
+fn run_jobs(
+    jobs: &[Job],
+    parallel: usize,
+    launch: &LaunchArgs,
+    slurm_dir: &Path,
+) -> anyhow::Result<Option<Vec<PathBuf>>> {
+    if launch.launcher == Launcher::Slurm {
+        let mut tasks = vec![];
+        for job in jobs {
+            if let Some(args) = job_args(job)? {
+                tasks.push(slurm::Task {
+                    label: format!("{} seed {}", job.label, job.seed),
+                    args,
+                });
+            }
+        }
+        if !tasks.is_empty() && slurm::run(&tasks, slurm_dir, launch)? != slurm::Outcome::Finished {
+            return Ok(None);
+        }
+        return finished_dirs(jobs).map(Some);
+    }
     let exe = std::env::current_exe()?;
     let mut running: Vec<(std::process::Child, usize)> = vec![];
     let mut next = 0;
@@ -134,64 +225,19 @@ fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<Vec<PathBuf>> {
         }
         while running.len() < parallel && next < jobs.len() {
             let job = &jobs[next];
-            std::fs::create_dir_all(&job.out)?;
-            let record = serde_json::to_string_pretty(job)?;
-            let job_file = job.out.join(JOB);
-            let same = |old: &str| {
-                let (a, b): (serde_json::Value, serde_json::Value) = (
-                    serde_json::from_str(old).unwrap_or_default(),
-                    serde_json::to_value(job).unwrap_or_default(),
-                );
-                // Records from before `resolved` was kept are matched on the rest.
-                ["config", "seed", "overrides", "resolved"]
-                    .iter()
-                    .all(|k| a.get(k).is_none_or(|x| Some(x) == b.get(k)))
-            };
-            match std::fs::read_to_string(&job_file) {
-                Ok(old) if !same(&old) => {
+            let args = match job_args(job) {
+                Ok(Some(args)) => args,
+                Ok(None) => {
+                    next += 1;
+                    continue;
+                }
+                Err(e) => {
                     stop_all(&mut running);
-                    return Err(UsageError::new(format!(
-                        "{} holds runs of a different job ({}); use another --out",
-                        job.out.display(),
-                        job_file.display()
-                    ))
-                    .into());
+                    return Err(e);
                 }
-                Ok(_) => {}
-                Err(_) => crate::rundir::write_atomic(&job_file, record.as_bytes())?,
-            }
-            let previous = run_dirs(&job.out)?;
-            if previous.iter().any(|d| d.join(SUMMARY).is_file()) {
-                eprintln!("done already: {} seed {}", job.label, job.seed);
-                next += 1;
-                continue;
-            }
+            };
             let mut cmd = std::process::Command::new(&exe);
-            cmd.arg("train");
-            match previous.iter().find(|d| d.join(CHECKPOINT).is_file()) {
-                Some(dir) => {
-                    eprintln!(
-                        "resume {} seed {} from {}",
-                        job.label,
-                        job.seed,
-                        dir.display()
-                    );
-                    cmd.arg("--resume").arg(dir);
-                }
-                None => {
-                    eprintln!("start {} seed {}", job.label, job.seed);
-                    cmd.arg("--config")
-                        .arg(&job.config)
-                        .arg("--seed")
-                        .arg(job.seed.to_string())
-                        .arg("--out")
-                        .arg(&job.out);
-                    for o in &job.overrides {
-                        cmd.arg("--set").arg(o);
-                    }
-                }
-            }
-            cmd.arg("--quiet");
+            cmd.args(&args);
             // Children print their run directory on stdout; keep ours for the table.
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -222,6 +268,11 @@ fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<Vec<PathBuf>> {
             }
         }
     }
+    finished_dirs(jobs).map(Some)
+}
+
+/// Each job's finished run directory, in order.
+fn finished_dirs(jobs: &[Job]) -> anyhow::Result<Vec<PathBuf>> {
     jobs.iter()
         .map(|j| {
             run_dirs(&j.out)?
@@ -653,7 +704,10 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
                 }
             }
         }
-        let dirs = run_jobs(&jobs, parallel)?;
+        let Some(dirs) = run_jobs(&jobs, parallel, &args.launch, &args.out.join("slurm/grid"))?
+        else {
+            return Ok(DRY_RUN.to_string());
+        };
         let per = points.len() * args.seeds.len();
         let mut md = format!(
             "# Tuning grid ({env})\n\nEvery agent ran every point on seeds {:?}; the point with the highest mean AUC (mean evaluation return over the run) is marked ★ and was re-run on fresh seeds for the reported table.\n\n| agent | grid point | mean AUC ± std | AUC IQM [95% CI] | last 10 evals: mean |\n|---|---|---:|---:|---:|\n",
@@ -724,7 +778,9 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
             )?);
         }
     }
-    let dirs = run_jobs(&jobs, parallel)?;
+    let Some(dirs) = run_jobs(&jobs, parallel, &args.launch, &args.out.join("slurm/runs"))? else {
+        return Ok(DRY_RUN.to_string());
+    };
     let mut agents = vec![];
     for (ci, c) in args.configs.iter().enumerate() {
         let runs = dirs[ci * seeds.len()..(ci + 1) * seeds.len()]

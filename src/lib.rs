@@ -17,4 +17,5 @@ pub use funcrl_envs as envs;
 pub mod plot;
 pub mod rundir;
 pub mod signals;
+pub mod slurm;
 pub mod tb;
