@@ -475,3 +475,47 @@ fn iv_bench_writes_summary_and_figures() {
         stderr(&none)
     );
 }
+
+/// `--launcher slurm` where Slurm's commands are missing: a usage error that says what is
+/// missing and that `--dry-run` still writes the script (which it does, without them).
+#[test]
+fn slurm_launcher_without_sbatch_says_so() {
+    let out = out_dir("no-sbatch");
+    let mut args = vec![
+        "iv-bench",
+        "--configs",
+        "configs/iv/dsprites_dfiv.toml",
+        "--seeds",
+        "1",
+        "--sizes",
+        "40",
+        "--out",
+        &out,
+        "--launcher",
+        "slurm",
+    ];
+    args.extend(TINY);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_funcrl"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("PATH", "/nonexistent")
+            .output()
+            .unwrap()
+    };
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("sbatch not found on PATH") && stderr(&o).contains("--dry-run"),
+        "{}",
+        stderr(&o)
+    );
+    args.push("--dry-run");
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script = std::fs::read_to_string(format!("{out}/slurm/sweep.sbatch")).unwrap();
+    assert!(
+        script.contains("#SBATCH --array=0-0") && script.contains("'iv'"),
+        "{script}"
+    );
+}
