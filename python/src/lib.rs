@@ -7,10 +7,7 @@
 use funcrl_envs::{
     Action, Env as _, EnvError, Info, MakeOptions, Space, VecAction, VectorEnv, make_vec, make_with,
 };
-use numpy::{
-    PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1,
-    PyReadwriteArray2,
-};
+use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -19,7 +16,10 @@ fn value_error(e: EnvError) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
-fn options(max_episode_steps: Option<u64>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<MakeOptions> {
+fn options(
+    max_episode_steps: Option<u64>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<MakeOptions> {
     let mut o = MakeOptions {
         max_episode_steps,
         kwargs: vec![],
@@ -28,7 +28,12 @@ fn options(max_episode_steps: Option<u64>, kwargs: Option<&Bound<'_, PyDict>>) -
         for (k, v) in kw.iter() {
             // Values go to the env's own parser as text (`true`, `0.5`), as `funcrl train --set`.
             let text = if v.is_instance_of::<pyo3::types::PyBool>() {
-                if v.extract::<bool>()? { "true" } else { "false" }.to_string()
+                if v.extract::<bool>()? {
+                    "true"
+                } else {
+                    "false"
+                }
+                .to_string()
             } else {
                 v.str()?.to_string()
             };
@@ -83,7 +88,11 @@ struct Env {
 impl Env {
     #[new]
     #[pyo3(signature = (id, max_episode_steps=None, kwargs=None))]
-    fn new(id: &str, max_episode_steps: Option<u64>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+    fn new(
+        id: &str,
+        max_episode_steps: Option<u64>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
         let env = make_with(id, &options(max_episode_steps, kwargs)?).map_err(value_error)?;
         let discrete = matches!(env.action_space(), Space::Discrete { .. });
         Ok(Self { env, discrete })
@@ -99,7 +108,11 @@ impl Env {
 
     /// `(obs, info)`; `seed` reseeds the env's generator as gymnasium's `reset(seed=)`.
     #[pyo3(signature = (seed=None))]
-    fn reset<'py>(&mut self, py: Python<'py>, seed: Option<u64>) -> PyResult<(Bound<'py, PyArray1<f32>>, Bound<'py, PyDict>)> {
+    fn reset<'py>(
+        &mut self,
+        py: Python<'py>,
+        seed: Option<u64>,
+    ) -> PyResult<(Bound<'py, PyArray1<f32>>, Bound<'py, PyDict>)> {
         let (obs, i) = self.env.reset(seed);
         Ok((PyArray1::from_slice(py, &obs), info(py, &i)?))
     }
@@ -110,7 +123,13 @@ impl Env {
         &mut self,
         py: Python<'py>,
         action: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyArray1<f32>>, f64, bool, bool, Bound<'py, PyDict>)> {
+    ) -> PyResult<(
+        Bound<'py, PyArray1<f32>>,
+        f64,
+        bool,
+        bool,
+        Bound<'py, PyDict>,
+    )> {
         let step = if self.discrete {
             let a: i64 = action.extract().map_err(|_| {
                 PyValueError::new_err(format!(
@@ -177,7 +196,8 @@ impl VecEnv {
         if num_envs == 0 {
             return Err(PyValueError::new_err("num_envs must be at least 1"));
         }
-        let env = make_vec(id, num_envs, &options(max_episode_steps, kwargs)?).map_err(value_error)?;
+        let env =
+            make_vec(id, num_envs, &options(max_episode_steps, kwargs)?).map_err(value_error)?;
         let discrete = matches!(env.single_action_space(), Space::Discrete { .. });
         Ok(Self { env, discrete })
     }
