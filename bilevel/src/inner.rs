@@ -188,7 +188,7 @@ pub fn solve_head<P: BilevelProblem, M: InnerModel>(
         }
     }
     let delta = weighted_ridge_solve(&phi, &to_vec(&h), &rhs, n, q, dv, ridge)
-        .ok_or(BilevelError::Singular("closed-form head"))?;
+        .ok_or_else(|| BilevelError::failed_solve("closed-form head", &[&phi, &rhs]))?;
     let new: Vec<f64> = head.iter().zip(&delta).map(|(a, b)| a + b).collect();
     let mut out = theta.detached();
     out.0[k - 2] = ctx.tensor2(new[..(q - 1) * dv].to_vec(), q - 1, dv);

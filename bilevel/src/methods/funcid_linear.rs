@@ -55,7 +55,7 @@ pub(crate) fn linear_adjoint<P: BilevelProblem, M: InnerModel>(
         }
     }
     let v = weighted_ridge_solve(&phi_p, &to_vec(&h), &rhs, n, q, dv, ridge)
-        .ok_or(BilevelError::Singular("linear adjoint"))?;
+        .ok_or_else(|| BilevelError::failed_solve("linear adjoint", &[&phi_p, &rhs]))?;
     let vt = i.ctx.tensor2(v, q, dv);
     let a_in = i.ctx.tensor2(phi_p, n, q).matmul(vt.clone());
     let a_out = i.ctx.tensor2(phi_q, m, q).matmul(vt.clone());
