@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use funcrl_agents::inspect::ModelReport;
 use funcrl_stats::{self as stats, Bootstrap, Interval};
@@ -199,75 +199,42 @@ fn run_jobs(
         return finished_dirs(jobs).map(Some);
     }
     let exe = std::env::current_exe()?;
-    let mut running: Vec<(std::process::Child, usize)> = vec![];
-    let mut next = 0;
-    // Children are asked to stop with SIGTERM, so that each writes a checkpoint a rerun resumes.
-    let stop_all = |running: &mut Vec<(std::process::Child, usize)>| {
-        for (c, _) in running.iter() {
-            crate::signals::terminate(c);
-        }
-        for (c, _) in running.iter_mut() {
-            let _ = c.wait();
-        }
-    };
-    let stop = crate::signals::Stop::install()?;
-    while next < jobs.len() || !running.is_empty() {
-        if let Some(sig) = stop.requested() {
-            stop_all(&mut running);
-            return Err(crate::signals::Stopped {
-                signal: sig,
-                message: format!(
-                    "compare stopped by {}: running children were stopped at a checkpoint; rerun the same command to resume",
-                    crate::signals::name(sig)
-                ),
-            }
-            .into());
-        }
-        while running.len() < parallel && next < jobs.len() {
-            let job = &jobs[next];
-            let args = match job_args(job) {
-                Ok(Some(args)) => args,
-                Ok(None) => {
-                    next += 1;
-                    continue;
-                }
-                Err(e) => {
-                    stop_all(&mut running);
-                    return Err(e);
-                }
+    crate::children::run(
+        jobs.len(),
+        parallel,
+        |i| {
+            let job = &jobs[i];
+            let Some(args) = job_args(job)? else {
+                return Ok(None);
             };
-            let mut cmd = std::process::Command::new(&exe);
-            cmd.args(&args);
             // Children print their run directory on stdout; keep ours for the table.
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(job.out.join("stderr.log"))?;
-            cmd.stdout(std::process::Stdio::null()).stderr(log);
-            running.push((cmd.spawn()?, next));
-            next += 1;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let mut k = 0;
-        while k < running.len() {
-            match running[k].0.try_wait()? {
-                Some(status) => {
-                    let (_, qi) = running.remove(k);
-                    if !status.success() {
-                        stop_all(&mut running);
-                        let job = &jobs[qi];
-                        bail!(
-                            "{} seed {} failed ({status}); see {}",
-                            job.label,
-                            job.seed,
-                            job.out.join("stderr.log").display()
-                        );
-                    }
-                }
-                None => k += 1,
-            }
-        }
-    }
+            let child = std::process::Command::new(&exe)
+                .args(&args)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()?;
+            Ok(Some(child))
+        },
+        |i, status| {
+            let job = &jobs[i];
+            format!(
+                "{} seed {} failed ({status}); see {}",
+                job.label,
+                job.seed,
+                job.out.join("stderr.log").display()
+            )
+        },
+        |_| {},
+        |signal| {
+            format!(
+                "compare stopped by {signal}: running children were stopped at a checkpoint; rerun the same command to resume"
+            )
+        },
+    )?;
     finished_dirs(jobs).map(Some)
 }
 

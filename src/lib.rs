@@ -5,6 +5,7 @@
 //! libraries are [`funcrl_envs`], `funcrl_bilevel`, `funcrl_kernels`, [`funcrl_agents`] and
 //! [`funcrl_iv`], `funcrl_stats`.
 
+pub mod children;
 pub mod cli;
 pub mod compare;
 pub mod config;

@@ -2,8 +2,8 @@
 //! Errors are printed (run with `--nocapture`) so the README can quote them.
 
 use funcrl_bilevel::{
-    Activation, Ctx, HyperInput, InnerConfig, InnerModel, LinearSolver, MethodConfig, Mlp,
-    OptimizerConfig, Params, Precision, Solver, SolverConfig,
+    Activation, Ctx, HyperInput, Hypergradient, InnerConfig, InnerModel, LinearSolver,
+    MethodConfig, Mlp, OptimizerConfig, Params, Precision, Solver, SolverConfig,
     toy::{LinearQuadratic, LqDims, LqInstance, LqOracle, generate},
 };
 use rand::{SeedableRng, rngs::StdRng};
@@ -63,6 +63,19 @@ fn grad_with<M: InnerModel + 'static>(
     theta: &Params,
     ridge: f64,
 ) -> Params {
+    hyper_with(ctx, inst, model, method, omega, theta, ridge).grad
+}
+
+/// The method's whole answer (gradient, losses, FuncID's adjoint cosine) at (ω, θ).
+fn hyper_with<M: InnerModel + 'static>(
+    ctx: &Ctx,
+    inst: &LqInstance,
+    model: &M,
+    method: &MethodConfig,
+    omega: &Params,
+    theta: &Params,
+    ridge: f64,
+) -> Hypergradient {
     let mut m = method.build::<LinearQuadratic, M>();
     let mut th = theta.clone();
     let mut rng = StdRng::seed_from_u64(7);
@@ -78,7 +91,6 @@ fn grad_with<M: InnerModel + 'static>(
         rng: &mut rng,
     })
     .unwrap()
-    .grad
 }
 
 fn aid(iterations: usize, damping: f64) -> MethodConfig {
@@ -880,21 +892,15 @@ fn funcid_adjoint_options_keep_the_estimate() {
         log_cosine: true,
     };
     for kappa in [1.0, 4.0] {
-        let mut m = funcid(AdjointInit::Linear, kappa, 0).build::<LinearQuadratic, Mlp>();
-        let mut th = theta.clone();
-        let hg = m
-            .total_gradient(HyperInput {
-                ctx: &ctx,
-                problem: &inst.problem,
-                model: &model,
-                omega: &inst.omega0,
-                theta: &mut th,
-                inner: &inst.inner,
-                outer: &inst.outer,
-                inner_ridge: ridge,
-                rng: &mut StdRng::seed_from_u64(7),
-            })
-            .unwrap();
+        let hg = hyper_with(
+            &ctx,
+            &inst,
+            &model,
+            &funcid(AdjointInit::Linear, kappa, 0),
+            &inst.omega0,
+            &theta,
+            ridge,
+        );
         let e = rel_err(&hg.grad, &exact);
         let cos = hg.adjoint_cosine.unwrap();
         println!("funcid linear init, κ = {kappa}, no steps: rel err {e:.2e}, cosine {cos}");

@@ -254,8 +254,8 @@ impl VecEnv {
                     self.env.id()
                 ))
             })?;
-            let a = a.as_slice()?.to_vec();
-            self.env.step(VecAction::Discrete(&a))
+            // The env reads the caller's array in place: no copy per step.
+            self.env.step(VecAction::Discrete(a.as_slice()?))
         } else {
             let a: PyReadonlyArray2<'_, f32> = actions.extract().map_err(|_| {
                 PyValueError::new_err(format!(
@@ -263,8 +263,7 @@ impl VecEnv {
                     self.env.id()
                 ))
             })?;
-            let a = a.as_slice()?.to_vec();
-            self.env.step(VecAction::Continuous(&a))
+            self.env.step(VecAction::Continuous(a.as_slice()?))
         }
         .map_err(value_error)?;
         let obs = obs.as_slice_mut()?;

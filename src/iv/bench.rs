@@ -55,44 +55,26 @@ fn spread_seeds(args: &IvBenchArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let logs = args.out.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let stop = crate::signals::Stop::install()?;
-    let stop_all = |running: &mut Vec<(std::process::Child, u64)>| {
-        for (c, _) in running.iter() {
-            crate::signals::terminate(c);
-        }
-        for (c, _) in running.iter_mut() {
-            let _ = c.wait();
-        }
-    };
-    let mut running: Vec<(std::process::Child, u64)> = vec![];
-    let mut next = args.first_seed;
-    while next < args.seeds || !running.is_empty() {
-        if let Some(sig) = stop.requested() {
-            stop_all(&mut running);
-            return Err(crate::signals::Stopped {
-                signal: sig,
-                message: format!(
-                    "iv-bench stopped by {}: finished runs are kept in {}; rerun the same command to continue",
-                    crate::signals::name(sig),
-                    args.out.display()
-                ),
-            }
-            .into());
-        }
-        while running.len() < args.jobs && next < args.seeds {
-            let configs: Vec<String> = args
-                .configs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
+    let log = |seed: u64| logs.join(format!("seed-{seed}.log"));
+    let seed = |i: usize| args.first_seed + i as u64;
+    let configs: Vec<String> = args
+        .configs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    crate::children::run(
+        (args.seeds - args.first_seed) as usize,
+        args.jobs,
+        |i| {
+            let s = seed(i);
             let mut cmd = std::process::Command::new(&exe);
             cmd.arg("iv-bench")
                 .arg("--configs")
                 .arg(configs.join(","))
                 .arg("--seeds")
-                .arg((next + 1).to_string())
+                .arg((s + 1).to_string())
                 .arg("--first-seed")
-                .arg(next.to_string())
+                .arg(s.to_string())
                 .arg("--out")
                 .arg(&args.out)
                 .arg("--no-summary");
@@ -103,32 +85,26 @@ fn spread_seeds(args: &IvBenchArgs) -> anyhow::Result<()> {
             for o in &args.overrides {
                 cmd.arg("--set").arg(o);
             }
-            let log = std::fs::File::create(logs.join(format!("seed-{next}.log")))?;
-            cmd.stdout(std::process::Stdio::null()).stderr(log);
-            eprintln!("[iv-bench] seed {next}: started");
-            running.push((cmd.spawn()?, next));
-            next += 1;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let mut k = 0;
-        while k < running.len() {
-            match running[k].0.try_wait()? {
-                Some(status) => {
-                    let (_, seed) = running.remove(k);
-                    if !status.success() {
-                        stop_all(&mut running);
-                        anyhow::bail!(
-                            "seed {seed} failed ({status}); see {}",
-                            logs.join(format!("seed-{seed}.log")).display()
-                        );
-                    }
-                    eprintln!("[iv-bench] seed {seed}: done");
-                }
-                None => k += 1,
-            }
-        }
-    }
-    Ok(())
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(log(s))?);
+            eprintln!("[iv-bench] seed {s}: started");
+            Ok(Some(cmd.spawn()?))
+        },
+        |i, status| {
+            format!(
+                "seed {} failed ({status}); see {}",
+                seed(i),
+                log(seed(i)).display()
+            )
+        },
+        |i| eprintln!("[iv-bench] seed {}: done", seed(i)),
+        |signal| {
+            format!(
+                "iv-bench stopped by {signal}: finished runs are kept in {}; rerun the same command to continue",
+                args.out.display()
+            )
+        },
+    )
 }
 
 struct Group {
