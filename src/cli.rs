@@ -206,26 +206,39 @@ fn to_i64(v: u64, flag: &str) -> Result<i64, UsageError> {
 
 /// Parses arguments, runs the command, maps errors to exit codes.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    ExitCode::from(main_from(std::env::args_os()))
+}
+
+/// [`main`] on given arguments (the first is the program's name), returning the exit code, for
+/// embedders such as the Python package's `python -m funcrl`.
+pub fn main_from<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             if let Some(io) = e.downcast_ref::<std::io::Error>()
                 && io.kind() == std::io::ErrorKind::BrokenPipe
             {
-                return ExitCode::SUCCESS; // `funcrl ... | head` is not an error.
+                return 0; // `funcrl ... | head` is not an error.
             }
             if let Some(stop) = e.downcast_ref::<crate::signals::Stopped>() {
                 eprintln!("{stop}");
-                return ExitCode::from(stop.exit_code());
+                return stop.exit_code();
             }
-            let usage = e.downcast_ref::<UsageError>().is_some()
-                || e.downcast_ref::<funcrl_iv::InputError>().is_some();
-            let code = if usage { 2 } else { 1 };
             eprintln!("error: {e:#}");
-            ExitCode::from(code)
+            if is_usage_error(&e) { 2 } else { 1 }
         }
     }
+}
+
+/// Whether an error is the user's input (config, flag, value, data) rather than a run-time
+/// failure: exit code 2, and a `ValueError` in Python.
+pub fn is_usage_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<UsageError>().is_some() || e.downcast_ref::<funcrl_iv::InputError>().is_some()
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

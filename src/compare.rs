@@ -198,7 +198,7 @@ fn run_jobs(
         }
         return finished_dirs(jobs).map(Some);
     }
-    let exe = std::env::current_exe()?;
+    let exe = crate::children::self_command()?;
     crate::children::run(
         jobs.len(),
         parallel,
@@ -212,7 +212,8 @@ fn run_jobs(
                 .create(true)
                 .append(true)
                 .open(job.out.join("stderr.log"))?;
-            let child = std::process::Command::new(&exe)
+            let child = exe
+                .command()
                 .args(&args)
                 .stdout(std::process::Stdio::null())
                 .stderr(log)

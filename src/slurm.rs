@@ -75,7 +75,7 @@ fn quote(s: &str) -> String {
 }
 
 /// The job-array script running `tasks` with `exe`, logs and exit codes under `dir`.
-pub fn script(exe: &Path, tasks: &[Task], dir: &Path, cwd: &Path, opts: &LaunchArgs) -> String {
+pub fn script(exe: &[String], tasks: &[Task], dir: &Path, cwd: &Path, opts: &LaunchArgs) -> String {
     let d = dir.display();
     let mut s = String::from("#!/bin/bash\n");
     s.push_str("#SBATCH --job-name=funcrl-sweep\n");
@@ -95,7 +95,8 @@ pub fn script(exe: &Path, tasks: &[Task], dir: &Path, cwd: &Path, opts: &LaunchA
     }
     s.push_str("# One task per run; the task's exit code goes to task-K.rc beside its log.\n");
     s.push_str("case \"$SLURM_ARRAY_TASK_ID\" in\n");
-    let exe = quote(&exe.display().to_string());
+    let exe: Vec<String> = exe.iter().map(|w| quote(w)).collect();
+    let exe = exe.join(" ");
     for (k, t) in tasks.iter().enumerate() {
         let args: Vec<String> = t.args.iter().map(|a| quote(a)).collect();
         s.push_str(&format!("  # {}\n", t.label.replace('\n', " ")));
@@ -148,7 +149,7 @@ pub fn run(tasks: &[Task], dir: &Path, opts: &LaunchArgs) -> anyhow::Result<Outc
     // The script is read on the compute nodes: absolute paths only.
     let dir = std::fs::canonicalize(dir)?;
     let cwd = std::env::current_dir()?;
-    let exe = std::env::current_exe()?;
+    let exe = crate::children::self_command()?.words();
     let path = dir.join("sweep.sbatch");
     crate::rundir::write_atomic(&path, script(&exe, tasks, &dir, &cwd, opts).as_bytes())?;
     if opts.dry_run {
@@ -299,7 +300,9 @@ mod tests {
             cpus_per_task: 2,
             ..LaunchArgs::default()
         };
-        let text = script(Path::new("/bin/echo"), &tasks, &dir, &dir, &opts);
+        // A program with a prefix argument (as `python -m funcrl` is), quoted like the rest.
+        let exe = ["/bin/echo".to_string(), "pre fix".to_string()];
+        let text = script(&exe, &tasks, &dir, &dir, &opts);
         for line in [
             "#SBATCH --array=0-1",
             "#SBATCH --partition=debug",
@@ -312,7 +315,7 @@ mod tests {
         }
         let path = dir.join("sweep.sbatch");
         std::fs::write(&path, &text).unwrap();
-        for (k, want) in ["train --set q.lr=3e-4", "it's two words"]
+        for (k, want) in ["pre fix train --set q.lr=3e-4", "pre fix it's two words"]
             .iter()
             .enumerate()
         {

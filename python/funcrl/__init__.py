@@ -7,6 +7,14 @@ toolkit as drop-in ``gymnasium`` environments and fast vector environments.
 >>> envs = funcrl.make_vec("CartPole-v1", num_envs=1024)
 >>> obs, info = envs.reset(seed=0)
 
+The trainer, ``compare`` and the IV estimators run in-process:
+
+>>> run = funcrl.train("cartpole_funcid", seed=0, total_steps=5000)
+>>> run.summary["auc"], run.returns
+>>> fit = funcrl.iv.tsls(y, treatment=t, instrument=z)
+
+``python -m funcrl`` is the ``funcrl`` command line.
+
 Importing the package registers ``funcrl/CartPole-v0``, ``funcrl/CartPole-v1``,
 ``funcrl/Acrobot-v1``, ``funcrl/MountainCar-v0`` and ``funcrl/Pendulum-v1`` with Gymnasium, so
 ``gymnasium.make("funcrl/CartPole-v1")`` (and its wrappers) works too.
@@ -22,9 +30,22 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from . import _core
+from . import _core, iv
+from ._run import CompareResult, TrainResult, compare, train
 
-__all__ = ["FuncrlEnv", "FuncrlVectorEnv", "make", "make_vec", "ids", "register_envs"]
+__all__ = [
+    "FuncrlEnv",
+    "FuncrlVectorEnv",
+    "make",
+    "make_vec",
+    "ids",
+    "register_envs",
+    "train",
+    "compare",
+    "TrainResult",
+    "CompareResult",
+    "iv",
+]
 
 # (id, max_episode_steps, reward_threshold) of every registered environment.
 _SPECS = {s[0]: s for s in _core.specs()}

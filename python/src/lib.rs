@@ -1,8 +1,11 @@
-//! `funcrl._core`: funcrl's environments for Python. The Python package (`funcrl/__init__.py`)
-//! wraps these two classes in `gymnasium.Env` and `gymnasium.vector.VectorEnv`.
+//! `funcrl._core`: funcrl for Python. The Python package (`funcrl/__init__.py`) wraps the two
+//! environment classes in `gymnasium.Env` and `gymnasium.vector.VectorEnv`; the trainer,
+//! `compare`, the CLI and the IV estimators are in [`run`].
 //!
 //! The vector env writes observations, rewards and flags into numpy arrays the caller owns, so
 //! one Python call steps every copy and creates no Python object per copy.
+
+mod run;
 
 use funcrl_envs::{
     Action, Env as _, EnvError, Info, MakeOptions, Space, VecAction, VectorEnv, make_vec, make_with,
@@ -316,5 +319,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Env>()?;
     m.add_class::<VecEnv>()?;
     m.add_function(wrap_pyfunction!(specs, m)?)?;
+    m.add_function(wrap_pyfunction!(run::train, m)?)?;
+    m.add_function(wrap_pyfunction!(run::compare, m)?)?;
+    m.add_function(wrap_pyfunction!(run::cli, m)?)?;
+    m.add_function(wrap_pyfunction!(run::iv_fit, m)?)?;
+    m.add_function(wrap_pyfunction!(run::tsls, m)?)?;
     Ok(())
 }

@@ -52,7 +52,7 @@ pub struct IvBenchArgs {
 /// SIGTERM stops the children (finished runs are kept; a rerun reuses them); a failed child
 /// stops the others and names its seed and log.
 fn spread_seeds(args: &IvBenchArgs) -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
+    let exe = crate::children::self_command()?;
     let logs = args.out.join("logs");
     std::fs::create_dir_all(&logs)?;
     let log = |seed: u64| logs.join(format!("seed-{seed}.log"));
@@ -67,7 +67,7 @@ fn spread_seeds(args: &IvBenchArgs) -> anyhow::Result<()> {
         args.jobs,
         |i| {
             let s = seed(i);
-            let mut cmd = std::process::Command::new(&exe);
+            let mut cmd = exe.command();
             cmd.arg("iv-bench")
                 .arg("--configs")
                 .arg(configs.join(","))

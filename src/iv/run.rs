@@ -222,6 +222,18 @@ fn finish(
     Ok(res)
 }
 
+/// The per-iteration curves (columns as `Iteration::HEADER`) and the test predictions (columns
+/// `[structural f, prediction]`) of a finished run directory, from its `results.h5`.
+pub fn read_results(run_dir: &Path) -> anyhow::Result<(Matrix, Matrix)> {
+    let path = run_dir.join("results.h5");
+    let file = hdf5::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let read = |name: &str| {
+        funcrl_iv::data::read_matrix(&file, name)
+            .with_context(|| format!("reading '{name}' from {}", path.display()))
+    };
+    Ok((read("curves")?, read("predictions")?))
+}
+
 /// `funcrl iv --config ...`: runs and prints the result as one JSON line.
 pub fn cli(cfg: &IvConfig, out: &mut dyn Write) -> anyhow::Result<()> {
     let res = run(cfg, true)?;
