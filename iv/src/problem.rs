@@ -132,8 +132,12 @@ impl IvProblem {
         }
     }
 
-    /// One spectral-norm power step for the treatment net and the covariate net.
+    /// One spectral-norm power step for the treatment net and the covariate net. The step
+    /// changes φ_ω for the same ω, so the feature cache (keyed by ω alone) is dropped: a value
+    /// cached before it — by an evaluation between iterations — would otherwise be reused with
+    /// the previous normalisation, and the run would depend on how often it is evaluated.
     pub fn refresh(&self, ctx: &Ctx, omega: &Params) {
+        *self.cache.borrow_mut() = None;
         self.net.refresh(ctx, omega);
         if let Some(c) = &self.covariate {
             c.net

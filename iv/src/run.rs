@@ -919,6 +919,43 @@ mod tests {
         );
     }
 
+    /// Evaluating is free of side effects: the training trajectory (every outer and inner loss)
+    /// is the same whether the test MSE is computed after every iteration or only at the end.
+    #[test]
+    fn evaluation_does_not_change_the_trajectory() {
+        let losses = |every: usize| {
+            let cfg = load(
+                "dsprites_funcid.toml",
+                &[
+                    "data.n=120",
+                    "network.treatment_hidden=[16]",
+                    "network.instrument_hidden=[12]",
+                    "network.features=4",
+                    "inner.steps=3",
+                    "method.steps=3",
+                    "iterations=6",
+                    &format!("eval_every={every}"),
+                ],
+            );
+            let ds = generate::build(&cfg.data, 0).unwrap();
+            struct Keep(Vec<(f64, f64)>);
+            impl FitObserver for Keep {
+                fn iteration(&mut self, it: &Iteration) -> anyhow::Result<()> {
+                    self.0.push((it.outer_loss, it.inner_loss));
+                    Ok(())
+                }
+            }
+            let mut keep = Keep(vec![]);
+            let f = fit(&cfg, &ds, &mut keep).unwrap();
+            (keep.0, f.test_mse.unwrap())
+        };
+        let (every, mse_every) = losses(1);
+        let (end, mse_end) = losses(6);
+        assert_eq!(every.len(), 6);
+        assert_eq!(every, end);
+        assert_eq!(mse_every, mse_end);
+    }
+
     #[test]
     fn covariate_steps_lower_the_stage2_loss_and_move_only_chi() {
         let cfg = load(
