@@ -440,6 +440,33 @@ fn iv_bench_writes_summary_and_figures() {
     assert_eq!(String::from_utf8_lossy(&again.stdout), table);
     assert!(stderr(&again).contains("reused"), "{}", stderr(&again));
     assert_eq!(count(), before);
+    // Runs copied into another bench folder are reused there too (their `out` differs).
+    let moved = out_dir("bench-moved");
+    std::fs::create_dir_all(format!("{moved}/runs")).unwrap();
+    for e in std::fs::read_dir(format!("{out}/runs")).unwrap() {
+        let from = e.unwrap().path();
+        let to = std::path::Path::new(&moved)
+            .join("runs")
+            .join(from.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&from).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() {
+                std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let mut there = args.clone();
+    let at = there.iter().position(|a| *a == "--out").unwrap() + 1;
+    there[at] = &moved;
+    let o3 = funcrl(&there);
+    assert!(o3.status.success(), "{}", stderr(&o3));
+    assert_eq!(String::from_utf8_lossy(&o3.stdout), table);
+    assert!(!stderr(&o3).contains(", ran)"), "{}", stderr(&o3));
+    assert_eq!(
+        std::fs::read_dir(format!("{moved}/runs")).unwrap().count(),
+        before
+    );
     // --collect with more seeds runs nothing and summarises the two finished seeds.
     let seeds = args.iter().position(|a| *a == "--seeds").unwrap() + 1;
     args[seeds] = "5";

@@ -123,9 +123,20 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     (mean, plot::quantile(&s, 0.5), sd)
 }
 
-/// A finished run under `root` (its `result.json` exists) whose resolved config equals `cfg`.
+/// The resolved config without its top-level `out` line: where a run was written is not part
+/// of what it computed, so runs copied in from another bench folder are reused too.
+fn without_out(config: &str) -> String {
+    config
+        .lines()
+        .filter(|l| !l.starts_with("out = "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A finished run under `root` (its `result.json` exists) whose resolved config equals `cfg`
+/// (`out` aside).
 fn finished(root: &Path, cfg: &IvConfig) -> Option<ivrun::IvResult> {
-    let want = toml::to_string_pretty(cfg).ok()?;
+    let want = without_out(&toml::to_string_pretty(cfg).ok()?);
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .ok()?
         .filter_map(|e| Some(e.ok()?.path()))
@@ -133,7 +144,7 @@ fn finished(root: &Path, cfg: &IvConfig) -> Option<ivrun::IvResult> {
     dirs.sort();
     dirs.into_iter().find_map(|d| {
         let config = std::fs::read_to_string(d.join("config.toml")).ok()?;
-        if config != want {
+        if without_out(&config) != want {
             return None;
         }
         let text = std::fs::read_to_string(d.join("result.json")).ok()?;
