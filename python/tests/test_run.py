@@ -153,3 +153,18 @@ def test_python_m_funcrl_is_the_cli():
     bad = subprocess.run([sys.executable, "-m", "funcrl", "train", "--config", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "shipped configs" in bad.stderr
+
+
+def test_sigterm_still_terminates_python_after_a_run(tmp_path):
+    """While a run is going SIGTERM asks it to stop at a checkpoint; afterwards the interpreter's
+    own disposition (terminate) is back."""
+    code = (
+        "import os, signal, time, funcrl\n"
+        f"funcrl.train('cartpole_mle', out={str(tmp_path)!r}, quiet=True, total_steps=1500, eval_every=500)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(10)\n"
+        "print('still alive')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -15, (out.returncode, out.stdout, out.stderr)
+    assert "still alive" not in out.stdout
