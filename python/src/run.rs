@@ -40,6 +40,18 @@ fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> anyhow::Result<T> + Sen
         .map_err(to_py)
 }
 
+/// Child runs start as `words` (program, then arguments before the subcommand); false if empty.
+fn use_child_command(words: &[String]) -> bool {
+    let Some((program, prefix)) = words.split_first() else {
+        return false;
+    };
+    set_self_command(SelfCommand {
+        program: program.into(),
+        prefix: prefix.to_vec(),
+    });
+    true
+}
+
 /// `funcrl train`; returns the run directory.
 #[pyfunction]
 #[pyo3(signature = (config=None, seed=None, out=PathBuf::from("runs"), overrides=vec![], quiet=false, resume=None))]
@@ -86,13 +98,9 @@ pub fn compare(
     smooth: usize,
     reps: usize,
 ) -> PyResult<String> {
-    let Some((program, prefix)) = child_command.split_first() else {
+    if !use_child_command(&child_command) {
         return Err(PyValueError::new_err("child_command is empty"));
-    };
-    set_self_command(SelfCommand {
-        program: program.into(),
-        prefix: prefix.to_vec(),
-    });
+    }
     let args = CompareArgs {
         configs,
         seeds,
@@ -111,12 +119,7 @@ pub fn compare(
 /// The `funcrl` command line on `argv` (program name first); returns its exit code.
 #[pyfunction]
 pub fn cli(py: Python<'_>, argv: Vec<String>, child_command: Vec<String>) -> PyResult<u8> {
-    if let Some((program, prefix)) = child_command.split_first() {
-        set_self_command(SelfCommand {
-            program: program.into(),
-            prefix: prefix.to_vec(),
-        });
-    }
+    use_child_command(&child_command);
     detached(py, || Ok(funcrl::cli::main_from(argv)))
 }
 
