@@ -65,6 +65,7 @@ fn methods() -> Vec<(&'static str, MethodConfig)> {
         warm_start: true,
         neumann_lr: 0.0,
         fd_step: None,
+        eliminate_head: false,
     };
     vec![
         (
@@ -83,6 +84,7 @@ fn methods() -> Vec<(&'static str, MethodConfig)> {
                 unroll: 2,
                 lr: 1e-3,
                 fd_step: None,
+                eliminate_head: false,
             },
         ),
         (
@@ -91,6 +93,7 @@ fn methods() -> Vec<(&'static str, MethodConfig)> {
                 unroll: 10,
                 lr: 1e-3,
                 fd_step: None,
+                eliminate_head: false,
             },
         ),
     ]

@@ -101,6 +101,7 @@ fn aid(iterations: usize, damping: f64) -> MethodConfig {
         warm_start: false,
         neumann_lr: 0.0,
         fd_step: None,
+        eliminate_head: false,
     }
 }
 
@@ -156,6 +157,7 @@ fn funcid_linear_and_aid_equal_the_closed_form() {
             warm_start: false,
             neumann_lr: 0.4,
             fd_step: None,
+            eliminate_head: false,
         };
         let neu = grad_with(&ctx, &inst, &model, &neumann, &inst.omega0, &theta, ridge);
         let (e_lin, e_cg, e_neu) = (
@@ -262,6 +264,7 @@ fn itd_approaches_the_closed_form_as_k_grows() {
                 unroll: k,
                 lr: 0.5,
                 fd_step: None,
+                eliminate_head: false,
             },
             &inst.omega0,
             &theta,
@@ -449,6 +452,7 @@ fn finite_differences_of_f_match_every_consistent_method() {
             unroll: 80,
             lr: 0.5,
             fd_step: None,
+            eliminate_head: false,
         },
     ] {
         let e = rel_err(
@@ -511,6 +515,8 @@ fn penalty_is_the_gradient_of_the_penalised_objective() {
         &MethodConfig::Penalty {
             lambda,
             fd_step: None,
+            eliminate_head: false,
+            network_optimizer: OptimizerConfig::adam(1e-3),
         },
         &inst.omega0,
         &theta,
@@ -728,6 +734,7 @@ impl NeumannDefault for MethodConfig {
                 warm_start: true,
                 neumann_lr: 0.01,
                 fd_step: None,
+                eliminate_head: false,
             },
             m => m,
         }

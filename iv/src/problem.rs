@@ -519,15 +519,19 @@ mod tests {
                 warm_start: true,
                 neumann_lr: 0.1,
                 fd_step: None,
+                eliminate_head: false,
             },
             MethodConfig::Itd {
                 unroll: 2,
                 lr: 1e-2,
                 fd_step: None,
+                eliminate_head: false,
             },
             MethodConfig::Penalty {
                 lambda: 0.5,
                 fd_step: None,
+                eliminate_head: false,
+                network_optimizer: OptimizerConfig::adam(1e-3),
             },
         ];
         for method in methods {

@@ -108,6 +108,7 @@ pub fn solver_method(
                 warm_start: false,
                 neumann_lr: 0.01,
                 fd_step: None,
+                eliminate_head: false,
             }
             .build(),
         ),

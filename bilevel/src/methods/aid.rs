@@ -1,4 +1,7 @@
-use super::{HyperInput, Hypergradient, HypergradientMethod, LinearSolver, outer_param_grads};
+use super::{
+    HyperInput, Hypergradient, HypergradientMethod, LinearSolver, outer_param_grads,
+    profile::Profile,
+};
 use crate::{
     error::BilevelError,
     linalg::{conjugate_gradient, neumann},
@@ -39,6 +42,9 @@ pub struct Aid {
     pub warm_start: bool,
     pub fd_step: Option<f64>,
     pub previous: Option<Params>,
+    /// The authors' parametrisation: the head solved exactly inside both losses, the linear
+    /// system on the feature network alone (see `profile`).
+    pub eliminate_head: bool,
 }
 
 impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
@@ -50,6 +56,9 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
     }
 
     fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {
+        if self.eliminate_head {
+            return self.profiled(i);
+        }
         let theta = i.theta.detached();
         let (x_in, x_out) = i.inputs();
         let (b, direct, outer_loss) =
@@ -99,6 +108,60 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
         Ok(Hypergradient {
             grad: direct.sub(&cross).detached(),
             outer_loss,
+            adjoint_loss: None,
+            adjoint_cosine: None,
+        })
+    }
+}
+
+impl Aid {
+    /// ∇F = ∂_ωF − g_ωu q with g_uu q = ∂_uF, on the head-profiled objective: with no linear
+    /// iterations it is FuncID-linear's gradient.
+    fn profiled<P: BilevelProblem, M: InnerModel>(
+        &mut self,
+        i: HyperInput<'_, P, M>,
+    ) -> Result<Hypergradient, BilevelError> {
+        let (x_in, x_out) = i.inputs();
+        let prof = Profile::new(
+            i.ctx,
+            i.problem,
+            i.model,
+            i.omega,
+            &x_in,
+            i.inner,
+            i.inner_ridge,
+            self.fd_step,
+        );
+        let theta = prof.refit(i.theta)?;
+        let outer = prof.outer_grads(&theta, &x_out, i.outer)?;
+        let b = &outer.d_u;
+        let hvp = |u: &Params| {
+            let h = prof.hvp(&theta, u);
+            if self.damping != 0.0 {
+                h.axpy(self.damping, u)
+            } else {
+                h
+            }
+        };
+        let q = match self.solver {
+            AidSolver::Identity => b.clone(),
+            AidSolver::Cg { iterations } => {
+                let x0 = match (&self.previous, self.warm_start) {
+                    (Some(q), true) => q.clone(),
+                    _ => b.zeros_like(),
+                };
+                conjugate_gradient(hvp, b, x0, iterations, 0.0)
+            }
+            AidSolver::Neumann { iterations, lr } => neumann(hvp, b, lr, iterations),
+        };
+        prof.take_error()?;
+        let cross = prof.cross(&theta, &q);
+        prof.take_error()?;
+        self.previous = Some(q.detached());
+        *i.theta = theta;
+        Ok(Hypergradient {
+            grad: outer.d_omega.sub(&cross).detached(),
+            outer_loss: outer.value,
             adjoint_loss: None,
             adjoint_cosine: None,
         })

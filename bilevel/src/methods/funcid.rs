@@ -105,7 +105,16 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for FuncId {
         let kappa = self.curvature_scale;
 
         let linear = if self.init == AdjointInit::Linear || self.log_cosine {
-            Some(linear_adjoint(&i, &f_in, &f_out, &d, i.inner_ridge)?)
+            Some(linear_adjoint(
+                i.ctx,
+                i.problem,
+                i.omega,
+                i.inner,
+                &f_in,
+                &f_out,
+                &d,
+                i.inner_ridge,
+            )?)
         } else {
             None
         };

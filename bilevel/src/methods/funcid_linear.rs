@@ -4,11 +4,12 @@ use super::{
     HyperInput, Hypergradient, HypergradientMethod, outer_value_and_grad_v, total_from_adjoint,
 };
 use crate::{
-    ctx::{scalar, to_vec},
+    ctx::{Ctx, scalar, to_vec},
     error::BilevelError,
     inner::augmented_features,
     linalg::weighted_ridge_solve,
     model::{Forward, InnerModel},
+    params::Params,
     problem::BilevelProblem,
 };
 
@@ -30,17 +31,20 @@ pub(crate) struct LinearAdjoint {
 
 /// Solves for the linear adjoint at the inner forward `f_in`/outer forward `f_out`, with
 /// D = ∂L_out/∂v on the outer rows.
-pub(crate) fn linear_adjoint<P: BilevelProblem, M: InnerModel>(
-    i: &HyperInput<'_, P, M>,
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_adjoint<P: BilevelProblem>(
+    ctx: &Ctx,
+    problem: &P,
+    omega: &Params,
+    inner: &P::InnerBatch,
     f_in: &Forward,
     f_out: &Forward,
     d: &Tensor<2>,
     ridge: f64,
 ) -> Result<LinearAdjoint, BilevelError> {
     let v_in = f_in.output.clone().detach();
-    let h = i
-        .problem
-        .inner_hessian_diag(&i.omega.detached(), v_in.clone(), i.inner)
+    let h = problem
+        .inner_hessian_diag(&omega.detached(), v_in.clone(), inner)
         .ok_or(BilevelError::MissingCurvature("funcid_linear"))?;
     let (phi_p, n, q) = augmented_features(&f_in.features);
     let (phi_q, m, _) = augmented_features(&f_out.features);
@@ -56,9 +60,9 @@ pub(crate) fn linear_adjoint<P: BilevelProblem, M: InnerModel>(
     }
     let v = weighted_ridge_solve(&phi_p, &to_vec(&h), &rhs, n, q, dv, ridge)
         .ok_or_else(|| BilevelError::failed_solve("linear adjoint", &[&phi_p, &rhs]))?;
-    let vt = i.ctx.tensor2(v, q, dv);
-    let a_in = i.ctx.tensor2(phi_p, n, q).matmul(vt.clone());
-    let a_out = i.ctx.tensor2(phi_q, m, q).matmul(vt.clone());
+    let vt = ctx.tensor2(v, q, dv);
+    let a_in = ctx.tensor2(phi_p, n, q).matmul(vt.clone());
+    let a_out = ctx.tensor2(phi_q, m, q).matmul(vt.clone());
     let objective = scalar(
         (h * a_in.clone().square()).sum().mul_scalar(0.5 / n as f64) + (a_out * d.clone()).sum(),
     ) + 0.5 * ridge * scalar(vt.clone().square().sum());
@@ -84,7 +88,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for FuncIdLinea
         );
         let (v_in, v_out) = (f_in.output.clone().detach(), f_out.output.clone().detach());
         let (outer_loss, d) = outer_value_and_grad_v(i.problem, i.omega, &v_out, i.outer);
-        let lin = linear_adjoint(&i, &f_in, &f_out, &d, ridge)?;
+        let lin = linear_adjoint(i.ctx, i.problem, i.omega, i.inner, &f_in, &f_out, &d, ridge)?;
         let grad = total_from_adjoint(
             i.problem, i.omega, &v_in, &lin.a_in, &v_out, i.inner, i.outer,
         );

@@ -1,4 +1,4 @@
-use super::{HyperInput, Hypergradient, HypergradientMethod, outer_param_grads};
+use super::{HyperInput, Hypergradient, HypergradientMethod, outer_param_grads, profile::Profile};
 use crate::{
     error::BilevelError,
     inner::inner_grad_theta,
@@ -17,6 +17,9 @@ pub struct Itd {
     pub unroll: usize,
     pub lr: f64,
     pub fd_step: Option<f64>,
+    /// The authors' parametrisation: the unrolled steps move the feature network alone, the head
+    /// solved exactly at every step and in the outer loss (see `profile`).
+    pub eliminate_head: bool,
 }
 
 impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Itd {
@@ -25,6 +28,9 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Itd {
     }
 
     fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {
+        if self.eliminate_head {
+            return self.profiled(i);
+        }
         let (x_in, x_out) = i.inputs();
         let mut trajectory = Vec::with_capacity(self.unroll);
         let mut theta = i.theta.detached();
@@ -75,6 +81,60 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Itd {
         Ok(Hypergradient {
             grad,
             outer_loss,
+            adjoint_loss: None,
+            adjoint_cosine: None,
+        })
+    }
+}
+
+impl Itd {
+    /// The exact derivative of ω ↦ F(ω, u_k(ω)), u_{t+1} = u_t − η ∇_u g(ω, u_t), on the
+    /// head-profiled objective: λ ← ∂_uF(u_k); g_ω = ∂_ωF; for t = k−1..0:
+    /// g_ω −= η g_ωu(u_t) λ, λ ← λ − η g_uu(u_t) λ.
+    fn profiled<P: BilevelProblem, M: InnerModel>(
+        &mut self,
+        i: HyperInput<'_, P, M>,
+    ) -> Result<Hypergradient, BilevelError> {
+        let (x_in, x_out) = i.inputs();
+        let prof = Profile::new(
+            i.ctx,
+            i.problem,
+            i.model,
+            i.omega,
+            &x_in,
+            i.inner,
+            i.inner_ridge,
+            self.fd_step,
+        );
+        let mut trajectory = Vec::with_capacity(self.unroll);
+        let mut theta = prof.refit(i.theta)?;
+        for _ in 0..self.unroll {
+            let (g, _) = prof.grad(&theta);
+            let next = prof.refit(&theta.axpy(-self.lr, &g))?;
+            trajectory.push(theta);
+            theta = next;
+        }
+        let outer = prof.outer_grads(&theta, &x_out, i.outer)?;
+        let (mut lambda, mut grad) = (outer.d_u, outer.d_omega);
+        let mut pairs = Vec::with_capacity(self.unroll);
+        for theta_t in trajectory.iter().rev() {
+            if let Some((v, jvp)) = prof.cross_pair(theta_t, &lambda) {
+                pairs.push((v, jvp.mul_scalar(-self.lr)));
+            }
+            lambda = lambda
+                .axpy(-self.lr, &prof.hvp(theta_t, &lambda))
+                .detached();
+        }
+        prof.take_error()?;
+        if !pairs.is_empty() {
+            grad = grad
+                .add(&cross_vjp(i.problem, i.omega, &pairs, i.inner))
+                .detached();
+        }
+        *i.theta = theta;
+        Ok(Hypergradient {
+            grad,
+            outer_loss: outer.value,
             adjoint_loss: None,
             adjoint_cosine: None,
         })

@@ -6,6 +6,7 @@ mod funcid;
 mod funcid_linear;
 mod itd;
 mod penalty;
+mod profile;
 
 pub use aid::{Aid, AidSolver};
 pub use closed_form::ClosedForm;
@@ -13,6 +14,7 @@ pub use funcid::{AdjointInit, FuncId};
 pub use funcid_linear::FuncIdLinear;
 pub use itd::Itd;
 pub use penalty::Penalty;
+pub use profile::{OuterGrads, Profile, without_head};
 
 use burn::tensor::Tensor;
 use rand::rngs::StdRng;
@@ -163,6 +165,11 @@ pub enum MethodConfig {
         /// Relative finite-difference step for Hessian-vector products (`None`: cbrt(eps)).
         #[serde(default)]
         fd_step: Option<f64>,
+        /// The authors' parametrisation: the head solved exactly inside the inner and the outer
+        /// loss, the linear system on the feature network alone, ∂_ωF through the refitted head
+        /// as the direct term (0 iterations: FuncID-linear). Needs the problem's curvature.
+        #[serde(default)]
+        eliminate_head: bool,
     },
     /// Back-propagation through the last k inner steps (plain gradient steps of size `lr`).
     Itd {
@@ -170,6 +177,10 @@ pub enum MethodConfig {
         lr: f64,
         #[serde(default)]
         fd_step: Option<f64>,
+        /// The authors' parametrisation: the unrolled steps move the feature network alone, the
+        /// head solved exactly at each step and inside the outer loss.
+        #[serde(default)]
+        eliminate_head: bool,
     },
     /// AID with the inverse Hessian replaced by the identity (what OMD does).
     Identity {
@@ -181,6 +192,14 @@ pub enum MethodConfig {
         lambda: f64,
         #[serde(default)]
         fd_step: Option<f64>,
+        /// The authors' parametrisation: one joint descent of ω and the feature network on
+        /// F + λ‖∇_u g‖ (the norm), the head solved exactly inside both; the method moves the
+        /// network itself with `network_optimizer` (set `inner.steps = 0`).
+        #[serde(default)]
+        eliminate_head: bool,
+        /// The feature network's optimiser under `eliminate_head`.
+        #[serde(default = "default_adjoint_optimizer")]
+        network_optimizer: OptimizerConfig,
     },
     /// The problem's exact total gradient (test oracle).
     ClosedForm,
@@ -241,21 +260,25 @@ impl MethodConfig {
                 warm_start,
                 neumann_lr,
                 fd_step,
+                eliminate_head,
             } => Box::new(Aid {
                 solver: AidSolver::from_config(solver, iterations, neumann_lr),
                 damping,
                 warm_start,
                 fd_step,
                 previous: None,
+                eliminate_head,
             }),
             MethodConfig::Itd {
                 unroll,
                 lr,
                 fd_step,
+                eliminate_head,
             } => Box::new(Itd {
                 unroll,
                 lr,
                 fd_step,
+                eliminate_head,
             }),
             MethodConfig::Identity { fd_step } => Box::new(Aid {
                 solver: AidSolver::Identity,
@@ -263,8 +286,19 @@ impl MethodConfig {
                 warm_start: false,
                 fd_step,
                 previous: None,
+                eliminate_head: false,
             }),
-            MethodConfig::Penalty { lambda, fd_step } => Box::new(Penalty { lambda, fd_step }),
+            MethodConfig::Penalty {
+                lambda,
+                fd_step,
+                eliminate_head,
+                network_optimizer,
+            } => Box::new(Penalty {
+                lambda,
+                fd_step,
+                eliminate_head,
+                network: crate::optim::Optimizer::new(network_optimizer),
+            }),
             MethodConfig::ClosedForm => Box::new(ClosedForm),
         }
     }
