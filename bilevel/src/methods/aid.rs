@@ -63,36 +63,23 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
         let (x_in, x_out) = i.inputs();
         let (b, direct, outer_loss) =
             outer_param_grads(i.problem, i.model, i.omega, &theta, &x_out, i.outer);
-        let hvp = |u: &Params| {
-            let h = hvp(
-                i.ctx,
-                i.problem,
-                i.model,
-                i.omega,
-                &theta,
-                u,
-                &x_in,
-                i.inner,
-                i.inner_ridge,
-                self.fd_step,
-            );
-            if self.damping != 0.0 {
-                h.axpy(self.damping, u)
-            } else {
-                h
-            }
-        };
-        let q = match self.solver {
-            AidSolver::Identity => b.clone(),
-            AidSolver::Cg { iterations } => {
-                let x0 = match (&self.previous, self.warm_start) {
-                    (Some(q), true) => q.clone(),
-                    _ => b.zeros_like(),
-                };
-                conjugate_gradient(hvp, &b, x0, iterations, 0.0)
-            }
-            AidSolver::Neumann { iterations, lr } => neumann(hvp, &b, lr, iterations),
-        };
+        let q = self.solve(
+            |u| {
+                hvp(
+                    i.ctx,
+                    i.problem,
+                    i.model,
+                    i.omega,
+                    &theta,
+                    u,
+                    &x_in,
+                    i.inner,
+                    i.inner_ridge,
+                    self.fd_step,
+                )
+            },
+            &b,
+        );
         let cross = cross(
             i.ctx,
             i.problem,
@@ -115,6 +102,29 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
 }
 
 impl Aid {
+    /// q ≈ (H + δI)⁻¹ b with the configured solver, warm-started from the last q if asked.
+    fn solve(&self, hvp: impl Fn(&Params) -> Params, b: &Params) -> Params {
+        let damped = |u: &Params| {
+            let h = hvp(u);
+            if self.damping != 0.0 {
+                h.axpy(self.damping, u)
+            } else {
+                h
+            }
+        };
+        match self.solver {
+            AidSolver::Identity => b.clone(),
+            AidSolver::Cg { iterations } => {
+                let x0 = match (&self.previous, self.warm_start) {
+                    (Some(q), true) => q.clone(),
+                    _ => b.zeros_like(),
+                };
+                conjugate_gradient(damped, b, x0, iterations, 0.0)
+            }
+            AidSolver::Neumann { iterations, lr } => neumann(damped, b, lr, iterations),
+        }
+    }
+
     /// ∇F = ∂_ωF − g_ωu q with g_uu q = ∂_uF, on the head-profiled objective: with no linear
     /// iterations it is FuncID-linear's gradient.
     fn profiled<P: BilevelProblem, M: InnerModel>(
@@ -122,38 +132,10 @@ impl Aid {
         i: HyperInput<'_, P, M>,
     ) -> Result<Hypergradient, BilevelError> {
         let (x_in, x_out) = i.inputs();
-        let prof = Profile::new(
-            i.ctx,
-            i.problem,
-            i.model,
-            i.omega,
-            &x_in,
-            i.inner,
-            i.inner_ridge,
-            self.fd_step,
-        );
+        let prof = Profile::from_input(&i, &x_in, self.fd_step);
         let theta = prof.refit(i.theta)?;
         let outer = prof.outer_grads(&theta, &x_out, i.outer)?;
-        let b = &outer.d_u;
-        let hvp = |u: &Params| {
-            let h = prof.hvp(&theta, u);
-            if self.damping != 0.0 {
-                h.axpy(self.damping, u)
-            } else {
-                h
-            }
-        };
-        let q = match self.solver {
-            AidSolver::Identity => b.clone(),
-            AidSolver::Cg { iterations } => {
-                let x0 = match (&self.previous, self.warm_start) {
-                    (Some(q), true) => q.clone(),
-                    _ => b.zeros_like(),
-                };
-                conjugate_gradient(hvp, b, x0, iterations, 0.0)
-            }
-            AidSolver::Neumann { iterations, lr } => neumann(hvp, b, lr, iterations),
-        };
+        let q = self.solve(|u| prof.hvp(&theta, u), &outer.d_u);
         prof.take_error()?;
         let cross = prof.cross(&theta, &q);
         prof.take_error()?;

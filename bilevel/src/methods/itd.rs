@@ -96,16 +96,7 @@ impl Itd {
         i: HyperInput<'_, P, M>,
     ) -> Result<Hypergradient, BilevelError> {
         let (x_in, x_out) = i.inputs();
-        let prof = Profile::new(
-            i.ctx,
-            i.problem,
-            i.model,
-            i.omega,
-            &x_in,
-            i.inner,
-            i.inner_ridge,
-            self.fd_step,
-        );
+        let prof = Profile::from_input(&i, &x_in, self.fd_step);
         let mut trajectory = Vec::with_capacity(self.unroll);
         let mut theta = prof.refit(i.theta)?;
         for _ in 0..self.unroll {

@@ -90,16 +90,7 @@ impl Penalty {
         i: HyperInput<'_, P, M>,
     ) -> Result<Hypergradient, BilevelError> {
         let (x_in, x_out) = i.inputs();
-        let prof = Profile::new(
-            i.ctx,
-            i.problem,
-            i.model,
-            i.omega,
-            &x_in,
-            i.inner,
-            i.inner_ridge,
-            self.fd_step,
-        );
+        let prof = Profile::from_input(&i, &x_in, self.fd_step);
         let theta = prof.refit(i.theta)?;
         let (d_omega, d_u, outer_loss) =
             penalised_grads(&prof, &theta, &x_out, i.outer, self.lambda)?;

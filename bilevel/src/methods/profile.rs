@@ -19,7 +19,9 @@ use std::cell::RefCell;
 
 use burn::tensor::Tensor;
 
-use super::{funcid_linear::linear_adjoint, outer_value_and_grad_v, total_from_adjoint};
+use super::{
+    HyperInput, funcid_linear::linear_adjoint, outer_value_and_grad_v, total_from_adjoint,
+};
 use crate::{
     ctx::Ctx,
     error::BilevelError,
@@ -87,6 +89,24 @@ impl<'a, P: BilevelProblem, M: InnerModel> Profile<'a, P, M> {
             rel_step,
             error: RefCell::new(None),
         }
+    }
+
+    /// The profile at a method's current iterate, on the inner inputs `x_in`.
+    pub fn from_input(
+        i: &'a HyperInput<'a, P, M>,
+        x_in: &'a Tensor<2>,
+        rel_step: Option<f64>,
+    ) -> Self {
+        Self::new(
+            i.ctx,
+            i.problem,
+            i.model,
+            i.omega,
+            x_in,
+            i.inner,
+            i.inner_ridge,
+            rel_step,
+        )
     }
 
     /// θ with its head replaced by W*(ω, u).
