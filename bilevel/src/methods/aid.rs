@@ -92,12 +92,10 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
             self.fd_step,
         );
         self.previous = Some(q.detached());
-        Ok(Hypergradient {
-            grad: direct.sub(&cross).detached(),
+        Ok(Hypergradient::plain(
+            direct.sub(&cross).detached(),
             outer_loss,
-            adjoint_loss: None,
-            adjoint_cosine: None,
-        })
+        ))
     }
 }
 
@@ -141,11 +139,9 @@ impl Aid {
         prof.take_error()?;
         self.previous = Some(q.detached());
         *i.theta = theta;
-        Ok(Hypergradient {
-            grad: outer.d_omega.sub(&cross).detached(),
-            outer_loss: outer.value,
-            adjoint_loss: None,
-            adjoint_cosine: None,
-        })
+        Ok(Hypergradient::plain(
+            outer.d_omega.sub(&cross).detached(),
+            outer.value,
+        ))
     }
 }

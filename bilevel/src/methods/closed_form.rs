@@ -19,11 +19,6 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for ClosedForm 
             .forward(&i.theta.detached(), &i.problem.outer_inputs(i.outer))
             .output;
         let (outer_loss, _) = outer_value_and_grad_v(i.problem, i.omega, &v_out, i.outer);
-        Ok(Hypergradient {
-            grad,
-            outer_loss,
-            adjoint_loss: None,
-            adjoint_cosine: None,
-        })
+        Ok(Hypergradient::plain(grad, outer_loss))
     }
 }

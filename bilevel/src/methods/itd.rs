@@ -78,12 +78,7 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Itd {
                 .detached();
         }
         *i.theta = theta;
-        Ok(Hypergradient {
-            grad,
-            outer_loss,
-            adjoint_loss: None,
-            adjoint_cosine: None,
-        })
+        Ok(Hypergradient::plain(grad, outer_loss))
     }
 }
 
@@ -123,11 +118,6 @@ impl Itd {
                 .detached();
         }
         *i.theta = theta;
-        Ok(Hypergradient {
-            grad,
-            outer_loss: outer.value,
-            adjoint_loss: None,
-            adjoint_cosine: None,
-        })
+        Ok(Hypergradient::plain(grad, outer.value))
     }
 }

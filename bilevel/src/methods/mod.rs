@@ -69,6 +69,18 @@ pub struct Hypergradient {
     pub adjoint_cosine: Option<f64>,
 }
 
+impl Hypergradient {
+    /// A method with no adjoint objective (the parametric baselines).
+    pub fn plain(grad: Params, outer_loss: f64) -> Self {
+        Self {
+            grad,
+            outer_loss,
+            adjoint_loss: None,
+            adjoint_cosine: None,
+        }
+    }
+}
+
 /// A hypergradient method. Methods keep state between calls (warm starts).
 pub trait HypergradientMethod<P: BilevelProblem, M: InnerModel> {
     fn name(&self) -> &'static str;

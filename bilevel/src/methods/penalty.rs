@@ -54,12 +54,10 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Penalty {
             i.inner,
             self.fd_step,
         );
-        Ok(Hypergradient {
-            grad: direct.axpy(2.0 * self.lambda, &cross).detached(),
+        Ok(Hypergradient::plain(
+            direct.axpy(2.0 * self.lambda, &cross).detached(),
             outer_loss,
-            adjoint_loss: None,
-            adjoint_cosine: None,
-        })
+        ))
     }
 }
 
@@ -95,11 +93,6 @@ impl Penalty {
         let (d_omega, d_u, outer_loss) =
             penalised_grads(&prof, &theta, &x_out, i.outer, self.lambda)?;
         *i.theta = prof.refit(&self.network.step(&theta, &d_u))?;
-        Ok(Hypergradient {
-            grad: d_omega,
-            outer_loss,
-            adjoint_loss: None,
-            adjoint_cosine: None,
-        })
+        Ok(Hypergradient::plain(d_omega, outer_loss))
     }
 }

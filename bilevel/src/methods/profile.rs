@@ -123,19 +123,17 @@ impl<'a, P: BilevelProblem, M: InnerModel> Profile<'a, P, M> {
         )
     }
 
-    /// Keeps the first error of a closure and hands back `fallback` in its place.
-    fn or_keep(
-        &self,
-        r: Result<Params, BilevelError>,
-        fallback: impl FnOnce() -> Params,
-    ) -> Params {
-        r.unwrap_or_else(|e| {
+    /// θ + s·d with the head refitted, for the central differences. A failed solve is kept for
+    /// [`take_error`](Self::take_error) (the products run inside CG's infallible closure) and θ
+    /// stands in for the result meanwhile.
+    fn refit_along(&self, theta: &Params, d: &Params, s: f64) -> Params {
+        self.refit(&theta.axpy(s, d)).unwrap_or_else(|e| {
             self.error.borrow_mut().get_or_insert(e);
-            fallback()
+            theta.detached()
         })
     }
 
-    /// The first error kept by a closure since the last call.
+    /// The first failed head solve kept by [`refit_along`](Self::refit_along) since the last call.
     pub fn take_error(&self) -> Result<(), BilevelError> {
         match self.error.borrow_mut().take() {
             Some(e) => Err(e),
@@ -162,11 +160,7 @@ impl<'a, P: BilevelProblem, M: InnerModel> Profile<'a, P, M> {
         let Some(eps) = fd_step(self.ctx, self.rel_step, theta, d) else {
             return d.zeros_like();
         };
-        let side = |s: f64| {
-            let t = self.refit(&theta.axpy(s, d));
-            let t = self.or_keep(t, || theta.detached());
-            self.grad(&t).0
-        };
+        let side = |s: f64| self.grad(&self.refit_along(theta, d, s)).0;
         side(eps)
             .sub(&side(-eps))
             .scale(1.0 / (2.0 * eps))
@@ -177,10 +171,7 @@ impl<'a, P: BilevelProblem, M: InnerModel> Profile<'a, P, M> {
     pub fn cross_pair(&self, theta: &Params, d: &Params) -> Option<(Tensor<2>, Tensor<2>)> {
         let eps = fd_step(self.ctx, self.rel_step, theta, d)?;
         let out = |t: &Params| self.model.forward(t, self.x_in).output.detach();
-        let side = |s: f64| {
-            let t = self.refit(&theta.axpy(s, d));
-            out(&self.or_keep(t, || theta.detached()))
-        };
+        let side = |s: f64| out(&self.refit_along(theta, d, s));
         let jvp = (side(eps) - side(-eps)).mul_scalar(1.0 / (2.0 * eps));
         Some((out(&theta.detached()), jvp))
     }
