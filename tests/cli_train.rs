@@ -103,46 +103,64 @@ fn every_agent_trains_for_a_few_hundred_steps() {
     }
 }
 
+/// Also with next states clipped to the replay range, on a ring smaller than the run, so that the
+/// range saved in the checkpoint (which covers evicted transitions) is what the resumed run uses.
 #[test]
 fn resume_gives_the_numbers_of_an_uninterrupted_run() {
-    let out = tmp("resume");
     let c = config("funcid");
-    let (a, b) = (out.join("a"), out.join("b"));
-    let (a, b) = (a.display().to_string(), b.display().to_string());
-    let base = |total: &'static str, o: &str| -> Vec<String> {
-        let mut v: Vec<String> = ["--config", &c, "--out", o]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        v.extend(SMALL.iter().map(|s| s.to_string()));
-        v.extend(["--set".to_string(), total.to_string()]);
-        v
-    };
-    let full = base("total_steps=600", &a);
-    let dir_a = run_dir(&train(&full.iter().map(String::as_str).collect::<Vec<_>>()));
-    let part = base("total_steps=400", &b);
-    let dir_b = run_dir(&train(&part.iter().map(String::as_str).collect::<Vec<_>>()));
-    let db = dir_b.display().to_string();
-    let resumed = run_dir(&train(&[
-        "--resume",
-        &db,
-        "--set",
-        "total_steps=600",
-        "--quiet",
-    ]));
-    assert_eq!(resumed, dir_b);
-    // losses carry full precision: equal rows mean the same parameters at every logged step
-    assert_eq!(
-        std::fs::read_to_string(dir_a.join("losses.csv")).unwrap(),
-        std::fs::read_to_string(dir_b.join("losses.csv")).unwrap()
-    );
-    let strip =
-        |p: &Path| -> Vec<Vec<f64>> { rows(p).into_iter().map(|r| r[..3].to_vec()).collect() };
-    assert_eq!(
-        strip(&dir_a.join("evals.csv")),
-        strip(&dir_b.join("evals.csv"))
-    );
-    assert_eq!(rows(&dir_a.join("evals.csv")).len(), 3);
+    let variants: [(&str, &[&str]); 2] = [
+        ("resume", &[]),
+        (
+            "resume-clip",
+            &[
+                "--set",
+                "model.clip_next_state=true",
+                "--set",
+                "replay.capacity=100",
+            ],
+        ),
+    ];
+    for (name, extra) in variants {
+        let out = tmp(name);
+        let (a, b) = (out.join("a"), out.join("b"));
+        let (a, b) = (a.display().to_string(), b.display().to_string());
+        let base = |total: &'static str, o: &str| -> Vec<String> {
+            let mut v: Vec<String> = ["--config", &c, "--out", o]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            v.extend(SMALL.iter().map(|s| s.to_string()));
+            v.extend(["--set".to_string(), total.to_string()]);
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let full = base("total_steps=600", &a);
+        let dir_a = run_dir(&train(&full.iter().map(String::as_str).collect::<Vec<_>>()));
+        let part = base("total_steps=400", &b);
+        let dir_b = run_dir(&train(&part.iter().map(String::as_str).collect::<Vec<_>>()));
+        let db = dir_b.display().to_string();
+        let resumed = run_dir(&train(&[
+            "--resume",
+            &db,
+            "--set",
+            "total_steps=600",
+            "--quiet",
+        ]));
+        assert_eq!(resumed, dir_b);
+        // losses carry full precision: equal rows mean the same parameters at every logged step
+        assert_eq!(
+            std::fs::read_to_string(dir_a.join("losses.csv")).unwrap(),
+            std::fs::read_to_string(dir_b.join("losses.csv")).unwrap(),
+            "{name}"
+        );
+        let strip =
+            |p: &Path| -> Vec<Vec<f64>> { rows(p).into_iter().map(|r| r[..3].to_vec()).collect() };
+        assert_eq!(
+            strip(&dir_a.join("evals.csv")),
+            strip(&dir_b.join("evals.csv"))
+        );
+        assert_eq!(rows(&dir_a.join("evals.csv")).len(), 3);
+    }
 }
 
 #[test]
@@ -214,6 +232,15 @@ fn config_errors_name_the_field_and_exit_2() {
         (&["--set", "q.hidden=[32,0]"], &["q.hidden", "at least 1"]),
         (&["--set", "q.steps=0"], &["q.steps"]),
         (&["--set", "model.grad_clip=-1"], &["model.grad_clip"]),
+        (
+            &[
+                "--set",
+                "agent.mode=network",
+                "--set",
+                "model.clip_next_state=true",
+            ],
+            &["model.clip_next_state", "host-kernel"],
+        ),
         (&["--set", "q.policy=max"], &["`min`", "`mean`"]),
         (&["--set", "q.init=xavier"], &["`uniform`", "`orthogonal`"]),
         (

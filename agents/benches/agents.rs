@@ -73,6 +73,7 @@ fn main() {
         reward: vec![1.0; b],
         mask: vec![1.0; b],
         weight: vec![1.0; b],
+        ..Batch::default()
     };
     let cfg = AgentConfig {
         learning: ModelLearning::Funcid {

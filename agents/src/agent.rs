@@ -294,6 +294,24 @@ impl Agent {
         (s2, tapes[1].output().to_vec())
     }
 
+    /// `model.clip_next_state`: ŝ' clipped in place to the batch's range of next states seen
+    /// in replay; true where an entry was clipped (its derivative is zero there). Empty when off.
+    pub(crate) fn clip_next(&self, b: &Batch, s2: &mut [f64]) -> Vec<bool> {
+        if !self.cfg.model.clip_next_state || b.next_lo.len() != self.obs_dim {
+            return Vec::new();
+        }
+        let d = self.obs_dim;
+        s2.iter_mut()
+            .enumerate()
+            .map(|(j, x)| {
+                let (lo, hi) = (b.next_lo[j % d], b.next_hi[j % d]);
+                let clipped = *x < lo || *x > hi;
+                *x = x.clamp(lo, hi);
+                clipped
+            })
+            .collect()
+    }
+
     /// ∇_ω of a loss given its gradients w.r.t. the next-state head's output (`ds`) and the
     /// reward head's (`dr`), from the tapes of [`Agent::model_forward`] (then recycled).
     pub(crate) fn model_param_grad(&self, tapes: [Tape; 2], ds: &[f64], dr: &[f64]) -> Vec<f64> {
@@ -320,7 +338,8 @@ impl Agent {
         let ks = self.sd.numel();
         let (n, a) = (b.len(), self.n_actions);
         let mut mt = self.tapes();
-        let (s2, _) = self.model_forward(b, x, &mut mt);
+        let (mut s2, _) = self.model_forward(b, x, &mut mt);
+        let clipped = self.clip_next(b, &mut s2);
         let mut g = vec![0.0; self.omega.len()];
         let (gs, gr) = g.split_at_mut(ks);
         self.rd
@@ -347,6 +366,9 @@ impl Agent {
                 .backward(&self.q_target[kq..], &t[1], &d2, None, Some(&mut dx));
             for (p, q) in ds.iter_mut().zip(&dx) {
                 *p += q;
+            }
+            for (p, _) in ds.iter_mut().zip(&clipped).filter(|(_, c)| **c) {
+                *p = 0.0;
             }
             // ŝ' = out or s + out: the same gradient reaches the state net's output.
             self.sd
@@ -409,8 +431,9 @@ impl Agent {
                 // The model's (ŝ', r̂) do not change during the Q steps; V̄ does.
                 let (s2, r) = model_next.get_or_insert_with(|| {
                     let mut mt = self.tapes();
-                    let out = self.model_forward(batch, &x, &mut mt);
+                    let mut out = self.model_forward(batch, &x, &mut mt);
                     self.recycle(mt);
+                    self.clip_next(batch, &mut out.0);
                     out
                 });
                 (self.target(r, s2, &batch.mask), vec![1.0; n])
@@ -564,6 +587,104 @@ mod tests {
                 let fd = (at(1.0) - at(-1.0)) / (2.0 * h);
                 assert!((fd - d[j]).abs() < 1e-7, "{which} {j}: {fd} vs {}", d[j]);
             }
+        }
+    }
+
+    /// With `model.clip_next_state`, FuncID/OMD's model gradient ∇_ω Σ_b c_b·y_ω,b is the
+    /// gradient of the clipped target r_ω + γ·m·V̄(clip(ŝ'_ω)): checked against central finite
+    /// differences, with bounds between predictions so that about half of the entries are
+    /// clipped (and none sits on a bound), and against the unclipped gradient, which differs.
+    #[test]
+    fn clipped_model_gradient_is_the_finite_difference_gradient() {
+        use crate::config::{FuncidAdjoint, FuncidMode, ModelConfig, ModelLearning, QConfig};
+        use rand::{RngExt, SeedableRng};
+        let (s_dim, n) = (4, 32);
+        for predict in [Predict::NextState, Predict::Delta] {
+            let cfg = AgentConfig {
+                learning: ModelLearning::Funcid {
+                    mode: FuncidMode::Full,
+                    adjoint_steps: 3,
+                    adjoint: FuncidAdjoint::InnerSolution,
+                },
+                q: QConfig {
+                    hidden: vec![16, 16],
+                    ..QConfig::default()
+                },
+                model: ModelConfig {
+                    hidden: vec![8, 8],
+                    predict,
+                    clip_next_state: true,
+                    ..ModelConfig::default()
+                },
+                precision: funcrl_bilevel::Precision::F64,
+                action_values: None,
+            };
+            let mut agent = Agent::new(cfg, s_dim, 2, &mut StdRng::seed_from_u64(5));
+            let mut rng = StdRng::seed_from_u64(6);
+            let mut normal = || rng.random::<f64>() * 2.0 - 1.0;
+            let obs: Vec<f64> = (0..n * s_dim).map(|_| normal()).collect();
+            let mut b = Batch {
+                indices: (0..n).collect(),
+                action: (0..n).map(|i| (i % 2) as f64).collect(),
+                next_obs: obs.iter().map(|x| x + 0.1).collect(),
+                obs,
+                reward: vec![1.0; n],
+                mask: (0..n).map(|i| if i % 7 == 3 { 0.0 } else { 1.0 }).collect(),
+                weight: vec![1.0; n],
+                ..Batch::default()
+            };
+            let c: Vec<f64> = (0..n).map(|_| normal()).collect();
+            let x = agent.model_input(&b);
+            let mut mt = agent.tapes();
+            let (s2, _) = agent.model_forward(&b, &x, &mut mt);
+            agent.recycle(mt);
+            // Per dimension, bounds halfway between the 25 % / 75 % predictions and their
+            // neighbours.
+            for j in 0..s_dim {
+                let mut v: Vec<f64> = s2.iter().skip(j).step_by(s_dim).copied().collect();
+                v.sort_by(f64::total_cmp);
+                let (lo, hi) = (n / 4, 3 * n / 4);
+                b.next_lo.push((v[lo] + v[lo + 1]) / 2.0);
+                b.next_hi.push((v[hi] + v[hi + 1]) / 2.0);
+            }
+            let clipped = agent.clip_next(&b, &mut s2.clone());
+            let k = clipped.iter().filter(|c| **c).count();
+            assert!(k > n && k < 3 * n, "{k} of {} entries clipped", s2.len());
+            let objective = |agent: &Agent| {
+                let mut mt = agent.tapes();
+                let (mut s2, r) = agent.model_forward(&b, &x, &mut mt);
+                agent.recycle(mt);
+                agent.clip_next(&b, &mut s2);
+                let y = agent.target(&r, &s2, &b.mask);
+                y.iter().zip(&c).map(|(y, c)| y * c).sum::<f64>()
+            };
+            let g = agent.model_target_vjp(&b, &x, &c, true);
+            let omega = agent.omega.clone();
+            let mut dir_rng = StdRng::seed_from_u64(7);
+            for _ in 0..4 {
+                let u: Vec<f64> = (0..omega.len())
+                    .map(|_| dir_rng.random::<f64>() - 0.5)
+                    .collect();
+                let mut at = |h: f64| {
+                    agent.omega = omega.iter().zip(&u).map(|(w, d)| w + h * d).collect();
+                    objective(&agent)
+                };
+                let h = 1e-6;
+                let fd = (at(h) - at(-h)) / (2.0 * h);
+                agent.omega = omega.clone();
+                let an: f64 = g.iter().zip(&u).map(|(x, d)| x * d).sum();
+                assert!(
+                    (fd - an).abs() <= 1e-6 * an.abs().max(1e-3),
+                    "{predict:?}: finite difference {fd} vs gradient {an}"
+                );
+            }
+            agent.cfg.model.clip_next_state = false;
+            let unclipped = agent.model_target_vjp(&b, &x, &c, true);
+            let diff: f64 = g.iter().zip(&unclipped).map(|(a, b)| (a - b).abs()).sum();
+            assert!(
+                diff > 1e-3,
+                "{predict:?}: clipping did not change the gradient"
+            );
         }
     }
 }

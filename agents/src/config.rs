@@ -230,6 +230,12 @@ pub struct ModelConfig {
     /// default, as in the reference).
     #[serde(default)]
     pub grad_clip: Option<f64>,
+    /// Clip the model's next states to the range of next states seen in replay, per dimension,
+    /// wherever the Q-function is evaluated at them (the Q targets and FuncID/OMD's model
+    /// gradient, which is zero in a clipped coordinate). The model's own fit (MLE's loss,
+    /// `funcrl inspect`) sees the unclipped prediction. Off by default, as in the reference.
+    #[serde(default)]
+    pub clip_next_state: bool,
 }
 
 impl Default for ModelConfig {
@@ -240,6 +246,7 @@ impl Default for ModelConfig {
             lr: d_lr(),
             init: NetInit::default(),
             grad_clip: None,
+            clip_next_state: false,
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct Batch {
     pub mask: Vec<f64>,
     /// Importance weights (all 1 for uniform sampling).
     pub weight: Vec<f64>,
+    /// Per dimension, the lowest and highest next state ever stored in the buffer (empty when
+    /// the batch was not sampled from one): the range `model.clip_next_state` clips to.
+    pub next_lo: Vec<f64>,
+    pub next_hi: Vec<f64>,
 }
 
 impl Batch {
@@ -143,6 +147,9 @@ pub struct ReplayBuffer {
     len: usize,
     next: usize,
     per: Option<Prioritized>,
+    /// Running min and max of every next state pushed (kept through evictions, saved).
+    next_lo: Vec<f32>,
+    next_hi: Vec<f32>,
 }
 
 impl ReplayBuffer {
@@ -159,6 +166,8 @@ impl ReplayBuffer {
             ending: vec![0; capacity],
             len: 0,
             next: 0,
+            next_lo: vec![f32::INFINITY; obs_dim],
+            next_hi: vec![f32::NEG_INFINITY; obs_dim],
             per: per.map(|cfg| Prioritized {
                 cfg,
                 tree: SumTree::new(capacity),
@@ -188,6 +197,7 @@ impl ReplayBuffer {
         let (o, a) = (self.obs_dim, self.act_dim);
         self.obs[i * o..(i + 1) * o].copy_from_slice(t.obs);
         self.next_obs[i * o..(i + 1) * o].copy_from_slice(t.next_obs);
+        self.widen_range(t.next_obs);
         self.action[i * a..(i + 1) * a].copy_from_slice(t.action);
         self.reward[i] = t.reward;
         self.ending[i] = t.ending as u8;
@@ -198,6 +208,18 @@ impl ReplayBuffer {
         }
         self.next = (self.next + 1) % self.capacity;
         self.len = (self.len + 1).min(self.capacity);
+    }
+
+    fn widen_range(&mut self, next_obs: &[f32]) {
+        for ((lo, hi), &x) in self.next_lo.iter_mut().zip(&mut self.next_hi).zip(next_obs) {
+            *lo = lo.min(x);
+            *hi = hi.max(x);
+        }
+    }
+
+    /// The lowest and highest next state ever pushed, per dimension (±∞ while empty).
+    pub fn next_range(&self) -> (&[f32], &[f32]) {
+        (&self.next_lo, &self.next_hi)
     }
 
     /// The transition stored in slot `i`.
@@ -256,6 +278,8 @@ impl ReplayBuffer {
         let (o, a) = (self.obs_dim, self.act_dim);
         let mut b = Batch {
             weight,
+            next_lo: self.next_lo.iter().map(|&x| x as f64).collect(),
+            next_hi: self.next_hi.iter().map(|&x| x as f64).collect(),
             ..Batch::default()
         };
         for &i in &indices {
@@ -309,6 +333,11 @@ impl ReplayBuffer {
         h5io::put(g, "action", &self.action[..n * self.act_dim])?;
         h5io::put(g, "reward", &self.reward[..n])?;
         h5io::put(g, "ending", &self.ending[..n])?;
+        h5io::put(
+            g,
+            "next_range",
+            &[&self.next_lo[..], &self.next_hi[..]].concat(),
+        )?;
         if let Some(p) = &self.per {
             h5io::put(g, "priority", &p.tree.leaves()[..n])?;
             h5io::put(
@@ -366,6 +395,23 @@ impl ReplayBuffer {
         b.ending[..len].copy_from_slice(&e);
         b.len = len;
         b.next = next;
+        if g.link_exists("next_range") {
+            let r = h5io::get::<f32>(g, "next_range")?;
+            if r.len() != 2 * od {
+                return Err(bad(
+                    "next_range must hold 2 values per observation dimension",
+                ));
+            }
+            b.next_lo.copy_from_slice(&r[..od]);
+            b.next_hi.copy_from_slice(&r[od..]);
+        } else {
+            // Written before the range was kept: the stored transitions' range (exact unless the
+            // ring had already evicted some).
+            for i in 0..len {
+                let row = b.next_obs[i * od..(i + 1) * od].to_vec();
+                b.widen_range(&row);
+            }
+        }
         if let Some(p) = &mut b.per {
             let pr = h5io::get::<f64>(g, "priority")?;
             for (i, v) in pr.into_iter().enumerate() {
@@ -449,6 +495,9 @@ mod tests {
         let mut r = s.reward.clone();
         r.sort_by(f64::total_cmp);
         assert_eq!(r, vec![2.0, 3.0, 4.0, 5.0, 6.0]);
+        // The next-state range covers every push, the evicted ones (next states 1 and 2) too.
+        assert_eq!(b.next_range(), (&[1.0, 0.5][..], &[7.0, 0.5][..]));
+        assert_eq!((s.next_lo, s.next_hi), (vec![1.0, 0.5], vec![7.0, 0.5]));
     }
 
     #[test]
@@ -470,6 +519,9 @@ mod tests {
             b.save(&path).unwrap();
             let c = ReplayBuffer::load(&path).unwrap();
             assert_eq!((c.len(), c.next, c.capacity()), (b.len(), b.next, 8));
+            // Saved, not recomputed: the ring has evicted next states 1–3.
+            assert_eq!(c.next_range(), b.next_range());
+            assert_eq!(c.next_range().0[0], 1.0);
             for i in 0..8 {
                 assert_eq!(c.get(i), b.get(i));
             }

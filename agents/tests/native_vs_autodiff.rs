@@ -234,6 +234,7 @@ fn random_batch(rng: &mut StdRng, n: usize, n_actions: usize) -> Batch {
         reward: vec![1.0; n],
         mask: (0..n).map(|i| if i % 9 == 4 { 0.0 } else { 1.0 }).collect(),
         weight,
+        ..Batch::default()
     }
 }
 
@@ -276,6 +277,7 @@ fn check_q(
             lr: 1e-2,
             init: q.init,
             grad_clip,
+            clip_next_state: false,
         },
         precision: Precision::F64,
         action_values: values,
