@@ -409,6 +409,10 @@ fn iv_bench_writes_summary_and_figures() {
         table.contains("| dfiv n=40 | 2 |") && table.contains("| funcid_linear n=40 | 2 |"),
         "{table}"
     );
+    assert!(
+        table.contains("| dfiv n=40 | funcid_linear n=40 | ") && table.contains(" / 2 |"),
+        "{table}"
+    );
     for f in [
         "summary.csv",
         "summary.md",

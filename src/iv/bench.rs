@@ -109,9 +109,49 @@ fn spread_seeds(args: &IvBenchArgs) -> anyhow::Result<()> {
 
 struct Group {
     label: String,
+    /// The sample size (data.n) override, which pairs compare within.
+    size: Option<usize>,
+    seeds: Vec<u64>,
     mse: Vec<f64>,
     curves: Vec<Vec<f64>>,
     inner: Vec<Vec<f64>>,
+}
+
+/// Probability of improvement for every pair of methods at the same sample size: P(A < B), the
+/// chance that a run of A has a lower test MSE than a run of B (ties ½), with its 95 % percentile
+/// bootstrap interval (rliable's conventions), and how many shared seeds A is lower on. Empty
+/// when there is no pair.
+fn pairs_table(groups: &[Group]) -> String {
+    let mut md = String::new();
+    for (i, a) in groups.iter().enumerate() {
+        for b in groups[i + 1..].iter().filter(|b| b.size == a.size) {
+            if md.is_empty() {
+                md.push_str(
+                    "\nProbability of improvement (lower test MSE; a run of A against a run of B, ties ½; a 95% CI containing 0.5: not separated by these seeds):\n\n| A | B | P(A < B) [95% CI] | A lower on paired seeds |\n|---|---|---:|---:|\n",
+                );
+            }
+            // P(A < B) = P(−A > −B).
+            let neg = |g: &Group| vec![g.mse.iter().map(|m| -m).collect::<Vec<f64>>()];
+            let p = funcrl_stats::probability_of_improvement(
+                &neg(a),
+                &neg(b),
+                funcrl_stats::Bootstrap::default(),
+            );
+            let (mut wins, mut shared) = (0, 0);
+            for (s, ma) in a.seeds.iter().zip(&a.mse) {
+                if let Some(k) = b.seeds.iter().position(|t| t == s) {
+                    shared += 1;
+                    wins += usize::from(*ma < b.mse[k]);
+                }
+            }
+            let sep = if p.lo <= 0.5 && p.hi >= 0.5 { " ~" } else { "" };
+            md.push_str(&format!(
+                "| {} | {} | {:.2} [{:.2}, {:.2}]{sep} | {wins} / {shared} |\n",
+                a.label, b.label, p.point, p.lo, p.hi
+            ));
+        }
+    }
+    md
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
@@ -239,6 +279,8 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             };
             groups.push(Group {
                 label,
+                size: *size,
+                seeds: vec![],
                 mse: vec![],
                 curves: vec![],
                 inner: vec![],
@@ -323,6 +365,7 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 g.label, r.seconds_per_iteration
             );
             g.mse.push(m);
+            g.seeds.push(seed);
             g.curves.push(column(&r.run_dir, 1));
             g.inner.push(column(&r.run_dir, 2));
         }
@@ -364,6 +407,7 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             g.mse.len()
         ));
     }
+    md.push_str(&pairs_table(&groups));
     crate::rundir::write_atomic(&args.out.join("summary.csv"), csv.as_bytes())?;
     crate::rundir::write_atomic(&args.out.join("summary.md"), md.as_bytes())?;
     let boxes: Vec<(String, Vec<f64>)> = groups
@@ -396,4 +440,36 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     write!(out, "{md}")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(label: &str, size: Option<usize>, seeds: &[u64], mse: &[f64]) -> Group {
+        Group {
+            label: label.into(),
+            size,
+            seeds: seeds.to_vec(),
+            mse: mse.to_vec(),
+            curves: vec![],
+            inner: vec![],
+        }
+    }
+
+    /// P(A < B) by hand: of A's 3 × B's 3 run pairs, A is lower in 3 + 2 + 2 and tied in 1, so
+    /// (7 + ½)/9 = 0.83; A is lower on all 3 shared seeds. Groups of another size are not paired.
+    #[test]
+    fn pairs_count_lower_runs_with_half_ties_within_a_size() {
+        let groups = [
+            group("a", Some(40), &[0, 1, 2], &[1.0, 2.0, 3.0]),
+            group("b", Some(40), &[0, 1, 2], &[2.0, 4.0, 5.0]),
+            group("c", Some(80), &[0, 1], &[9.0, 9.0]),
+        ];
+        let t = pairs_table(&groups);
+        assert_eq!(t.matches("\n| ").count(), 2, "{t}"); // header row + one pair
+        assert!(t.contains("| a | b | 0.83 ["), "{t}");
+        assert!(t.contains("| 3 / 3 |"), "{t}");
+        assert!(pairs_table(&groups[2..]).is_empty());
+    }
 }
