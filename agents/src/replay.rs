@@ -133,6 +133,14 @@ pub enum ReplayError {
     Format(String, String),
 }
 
+/// Widens the per-dimension range [lo, hi] to cover `x`.
+fn widen(lo: &mut [f32], hi: &mut [f32], x: &[f32]) {
+    for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(x) {
+        *l = l.min(v);
+        *h = h.max(v);
+    }
+}
+
 /// Ring storage: when full, the oldest transition is overwritten.
 #[derive(Clone, Debug)]
 pub struct ReplayBuffer {
@@ -197,7 +205,7 @@ impl ReplayBuffer {
         let (o, a) = (self.obs_dim, self.act_dim);
         self.obs[i * o..(i + 1) * o].copy_from_slice(t.obs);
         self.next_obs[i * o..(i + 1) * o].copy_from_slice(t.next_obs);
-        self.widen_range(t.next_obs);
+        widen(&mut self.next_lo, &mut self.next_hi, t.next_obs);
         self.action[i * a..(i + 1) * a].copy_from_slice(t.action);
         self.reward[i] = t.reward;
         self.ending[i] = t.ending as u8;
@@ -208,13 +216,6 @@ impl ReplayBuffer {
         }
         self.next = (self.next + 1) % self.capacity;
         self.len = (self.len + 1).min(self.capacity);
-    }
-
-    fn widen_range(&mut self, next_obs: &[f32]) {
-        for ((lo, hi), &x) in self.next_lo.iter_mut().zip(&mut self.next_hi).zip(next_obs) {
-            *lo = lo.min(x);
-            *hi = hi.max(x);
-        }
     }
 
     /// The lowest and highest next state ever pushed, per dimension (±∞ while empty).
@@ -407,9 +408,8 @@ impl ReplayBuffer {
         } else {
             // Written before the range was kept: the stored transitions' range (exact unless the
             // ring had already evicted some).
-            for i in 0..len {
-                let row = b.next_obs[i * od..(i + 1) * od].to_vec();
-                b.widen_range(&row);
+            for row in b.next_obs[..len * od].chunks_exact(od.max(1)) {
+                widen(&mut b.next_lo, &mut b.next_hi, row);
             }
         }
         if let Some(p) = &mut b.per {
