@@ -18,8 +18,11 @@ use serde::Serialize;
 
 use crate::config::UsageError;
 use crate::plot::{self, Band};
+use crate::rundir::CsvLog;
 use crate::slurm::{self, LaunchArgs, Launcher};
-use crate::train::{CHECKPOINT, SUMMARY, Summary, load_config, read_evals, summarize};
+use crate::train::{
+    CHECKPOINT, LOSS_COLUMNS, SUMMARY, Summary, load_config, read_evals, summarize,
+};
 
 #[derive(Args, Debug, Default)]
 pub struct CompareArgs {
@@ -54,6 +57,12 @@ pub struct CompareArgs {
     /// Bootstrap resamples for the confidence intervals (rliable's default).
     #[arg(long, default_value_t = 50_000)]
     pub reps: usize,
+    /// Also report the finished runs of an earlier `compare` as agent LABEL (repeatable), so
+    /// variants run by separate commands share one table, profile and P(A > B): DIR is that
+    /// compare's --out folder, PREFIX picks its job folders runs/PREFIX_<seed> (e.g. `1_mle`;
+    /// optional when all of them belong to one config). Nothing is rerun.
+    #[arg(long = "with", value_name = "LABEL=DIR[:PREFIX]")]
+    pub with: Vec<String>,
     #[command(flatten)]
     pub launch: LaunchArgs,
 }
@@ -333,6 +342,9 @@ struct AgentStats {
     auc_iqm: Interval,
     last10_mean_std: (f64, f64),
     last10_iqm: Interval,
+    /// Each run's largest logged outer loss ½Σᵢ mean (Qᵢ − y)² on real data: a Bellman error
+    /// that ran away (here: past [`DIVERGED`]) marks a diverged run.
+    largest_outer_loss: Vec<f64>,
     /// `funcrl inspect` of each run's final model (none for `modelfree`).
     model: Vec<ModelReport>,
 }
@@ -352,6 +364,114 @@ struct StudyStats {
     bootstrap_reps: usize,
     agents: Vec<AgentStats>,
     pairs: Vec<PairStats>,
+}
+
+/// The outer loss above which a run counts as diverged in the summary (the Bellman error of a
+/// CartPole Q that learns stays below ≈ 10²; diverged `full`-mode runs reach 10⁴–10¹⁷).
+const DIVERGED: f64 = 1e3;
+
+/// The largest `losses/outer_loss` in a run's losses.csv (NaN for a run that logged none).
+fn largest_outer_loss(run: &Path) -> anyhow::Result<f64> {
+    let col = LOSS_COLUMNS
+        .iter()
+        .position(|c| *c == "losses/outer_loss")
+        .expect("outer loss column");
+    let rows = CsvLog::read_strict(&run.join("losses.csv"), &LOSS_COLUMNS)?;
+    Ok(rows.iter().map(|r| r[col]).fold(f64::NAN, f64::max))
+}
+
+/// The finished runs named by one `--with LABEL=DIR[:PREFIX]`, as agent LABEL.
+fn with_runs(spec: &str, env: &str) -> anyhow::Result<AgentRuns> {
+    let usage =
+        |why: String| -> anyhow::Error { UsageError::new(format!("--with {spec}: {why}")).into() };
+    let Some((label, rest)) = spec.split_once('=') else {
+        return Err(usage("expected LABEL=DIR[:PREFIX]".into()));
+    };
+    let label = label.trim();
+    if label.is_empty() {
+        return Err(usage("the label is empty".into()));
+    }
+    let (dir, prefix) = match rest.rsplit_once(':') {
+        Some((d, p)) if !p.contains('/') => (PathBuf::from(d), Some(p.to_string())),
+        _ => (PathBuf::from(rest), None),
+    };
+    let runs_dir = dir.join("runs");
+    let entries = std::fs::read_dir(&runs_dir).map_err(|e| {
+        usage(format!(
+            "{}: {e} (not a compare --out folder?)",
+            runs_dir.display()
+        ))
+    })?;
+    // Job folders are named <config index>_<agent>_<seed>.
+    let mut jobs: Vec<(String, u64, PathBuf)> = vec![];
+    for e in entries {
+        let path = e?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if let Some((p, seed)) = name.rsplit_once('_')
+            && let Ok(seed) = seed.parse::<u64>()
+            && path.join(JOB).is_file()
+        {
+            jobs.push((p.to_string(), seed, path));
+        }
+    }
+    let mut prefixes: Vec<String> = jobs.iter().map(|j| j.0.clone()).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    let prefix = match prefix {
+        Some(p) => p,
+        None if prefixes.len() == 1 => prefixes[0].clone(),
+        None => {
+            return Err(usage(format!(
+                "{} holds runs of several configs; add :PREFIX, one of {}",
+                runs_dir.display(),
+                prefixes.join(", ")
+            )));
+        }
+    };
+    jobs.retain(|j| j.0 == prefix);
+    if jobs.is_empty() {
+        return Err(usage(format!(
+            "no job folder {prefix}_<seed> in {} (there: {})",
+            runs_dir.display(),
+            if prefixes.is_empty() {
+                "none".to_string()
+            } else {
+                prefixes.join(", ")
+            }
+        )));
+    }
+    jobs.sort_by_key(|j| j.1);
+    let (mut runs, mut dirs) = (vec![], vec![]);
+    for (_, seed, job) in &jobs {
+        let Some(run) = run_dirs(job)?
+            .into_iter()
+            .find(|d| d.join(SUMMARY).is_file())
+        else {
+            return Err(usage(format!(
+                "seed {seed} has no finished run in {} (rerun that compare first)",
+                job.display()
+            )));
+        };
+        let run_env = load_config(&run.join("config.toml"), &[], None)?.env;
+        if run_env != env {
+            return Err(usage(format!(
+                "its runs are on {run_env}, this comparison on {env}"
+            )));
+        }
+        runs.push(read_evals(&run.join("evals.csv"))?);
+        dirs.push(run);
+    }
+    Ok(AgentRuns {
+        name: label.to_string(),
+        config: dirs[0].join("config.toml"),
+        point: vec![],
+        runs,
+        dirs,
+    })
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -382,7 +502,7 @@ fn report(
     };
     let mut bands = vec![];
     let mut all = vec![];
-    let mut table = "| agent | grid point | seeds | final return | last 10 evals: mean ± std | last 10: IQM [95% CI] | AUC: mean ± std | AUC: IQM [95% CI] | steps to threshold (reached/seeds) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n".to_string();
+    let mut table = "| agent | grid point | seeds | final return | last 10 evals: mean ± std | last 10: IQM [95% CI] | AUC: mean ± std | AUC: IQM [95% CI] | steps to threshold (reached/seeds) | outer loss > 10³ (runs) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n".to_string();
     for a in agents {
         let len = a.runs.iter().map(Vec::len).min().unwrap_or(0);
         let x: Vec<f64> = a
@@ -420,8 +540,18 @@ fn report(
             last10_iqm: stats::interval(std::slice::from_ref(&tail), stats::iqm, b),
             auc,
             last10: tail,
+            largest_outer_loss: a
+                .dirs
+                .iter()
+                .map(|d| largest_outer_loss(d))
+                .collect::<anyhow::Result<_>>()?,
             model: inspect_all(&a.dirs)?,
         };
+        let diverged = st
+            .largest_outer_loss
+            .iter()
+            .filter(|l| **l > DIVERGED)
+            .count();
         let reached: Vec<f64> = sums.iter().filter_map(|s| s.steps_to_threshold).collect();
         let steps = if reached.is_empty() {
             "-".to_string()
@@ -439,7 +569,7 @@ fn report(
             a.point.join(" ")
         };
         table.push_str(&format!(
-            "| {} | {point} | {} | {fm:.1} ± {fs:.1} | {:.1} ± {:.1} | {:.1} | {:.1} ± {:.1} | {:.1} | {steps} |\n",
+            "| {} | {point} | {} | {fm:.1} ± {fs:.1} | {:.1} ± {:.1} | {:.1} | {:.1} ± {:.1} | {:.1} | {steps} | {diverged}/{} |\n",
             a.name,
             st.seeds,
             st.last10_mean_std.0,
@@ -448,6 +578,7 @@ fn report(
             st.auc_mean_std.0,
             st.auc_mean_std.1,
             st.auc_iqm,
+            st.seeds,
         ));
         all.push(st);
     }
@@ -645,6 +776,19 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let env = load_config(&args.configs[0], &args.overrides, None)?.env;
+    // Earlier runs to report beside these: read (and refused if unusable) before anything runs.
+    let mut earlier = vec![];
+    for spec in &args.with {
+        let a = with_runs(spec, &env)?;
+        if names.contains(&a.name) || earlier.iter().any(|e: &AgentRuns| e.name == a.name) {
+            return Err(UsageError::new(format!(
+                "--with {spec}: the label {} is already an agent of this comparison",
+                a.name
+            ))
+            .into());
+        }
+        earlier.push(a);
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
@@ -763,6 +907,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
             dirs: dirs[ci * seeds.len()..(ci + 1) * seeds.len()].to_vec(),
         });
     }
+    agents.extend(earlier);
     report(&args.out, &env, &agents, args)
 }
 
@@ -778,6 +923,46 @@ mod tests {
             vec![(1.0, 2.0), (2.0, 3.0), (3.0, 6.5), (4.0, 5.0)]
         );
         assert_eq!(trailing_mean(&v, 1), v.to_vec());
+    }
+
+    #[test]
+    fn largest_outer_loss_by_hand() {
+        let dir = std::env::temp_dir().join(format!("funcrl-outer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let csv = format!(
+            "{}\n100,1,2,0.5\n200,1,2,3.1e4\n300,9e9,2,7\n",
+            LOSS_COLUMNS.join(",")
+        );
+        std::fs::write(dir.join("losses.csv"), csv).unwrap();
+        // The outer-loss column's maximum, not the q_loss column's 9e9.
+        assert_eq!(largest_outer_loss(&dir).unwrap(), 3.1e4);
+        std::fs::write(dir.join("losses.csv"), "global_step,x\n1,2\n").unwrap();
+        assert!(largest_outer_loss(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn with_names_its_flag_and_what_is_wrong() {
+        let dir = std::env::temp_dir().join(format!("funcrl-with-{}", std::process::id()));
+        let runs = dir.join("runs");
+        for job in ["0_funcid_3", "1_mle_3"] {
+            std::fs::create_dir_all(runs.join(job)).unwrap();
+            std::fs::write(runs.join(job).join(JOB), "{}").unwrap();
+        }
+        let d = dir.display();
+        let err = |spec: &str| with_runs(spec, "CartPole-v1").err().unwrap().to_string();
+        assert!(err("nolabel").contains("expected LABEL=DIR[:PREFIX]"));
+        let e = err(&format!("x={d}"));
+        assert!(
+            e.contains("several configs") && e.contains("0_funcid, 1_mle"),
+            "{e}"
+        );
+        let e = err(&format!("x={d}:2_omd"));
+        assert!(e.contains("no job folder 2_omd_<seed>"), "{e}");
+        let e = err(&format!("x={d}:1_mle"));
+        assert!(e.contains("seed 3 has no finished run"), "{e}");
+        assert!(err(&format!("x={d}/nowhere")).contains("not a compare --out folder"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -313,6 +313,50 @@ fn compare_plots_and_tabulates() {
         "{log}"
     );
     assert_eq!(String::from_utf8(r.stdout).unwrap(), table);
+
+    // `--with` reports runs of an earlier compare beside new ones, nothing rerun: the MLE runs
+    // (reused) with the two FuncID configs' runs added under new labels give the same rows and
+    // the same P(A > B) as the compare that ran them all.
+    let out2 = tmp("compare-with");
+    let o2 = out2.display().to_string();
+    let (w1, w2) = (format!("fid={o}:1_funcid"), format!("paper={o}:2_funcid"));
+    let mut args2: Vec<&str> = vec!["compare", "--config", &m, "--seeds", "0,1", "--out", &o];
+    args2.extend_from_slice(&["--with", &w1, "--with", &w2]);
+    for s in SMALL.iter().filter(|s| **s != "--quiet") {
+        args2.push(s);
+    }
+    let r = Command::new(BIN).args(&args2).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let log = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(log.matches("done already").count(), 2, "{log}");
+    let table2 = String::from_utf8(r.stdout).unwrap();
+    let swap = table
+        .replace("funcid (cartpole_funcid_paper)", "paper")
+        .replace("funcid (cartpole_funcid)", "fid");
+    let rows = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("| "))
+            .map(|l| l.to_string())
+            .collect()
+    };
+    assert_eq!(rows(&table2), rows(&swap), "{table2}\nvs\n{swap}");
+    // The diverged-runs column: these short runs' Bellman errors stay far below 10³.
+    assert!(table2.contains("| outer loss > 10³ (runs) |") && table2.contains("| 0/2 |"));
+    // A bad --with is refused before anything runs, naming the flag.
+    let bad = format!("mle={o}:1_funcid");
+    let r = Command::new(BIN)
+        .args([
+            "compare", "--config", &m, "--seeds", "0", "--out", &o2, "--with", &bad,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        e.contains("--with") && e.contains("already an agent"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(&out2).unwrap().count(), 0);
 }
 
 #[test]
