@@ -103,8 +103,9 @@ fn every_agent_trains_for_a_few_hundred_steps() {
     }
 }
 
-/// Also with next states clipped to the replay range, on a ring smaller than the run, so that the
-/// range saved in the checkpoint (which covers evicted transitions) is what the resumed run uses.
+/// Also with next states and rewards clipped to the replay range, on a ring smaller than the run,
+/// so that the range saved in the checkpoint (which covers evicted transitions) is what the
+/// resumed run uses.
 #[test]
 fn resume_gives_the_numbers_of_an_uninterrupted_run() {
     let c = config("funcid");
@@ -115,6 +116,8 @@ fn resume_gives_the_numbers_of_an_uninterrupted_run() {
             &[
                 "--set",
                 "model.clip_next_state=true",
+                "--set",
+                "model.clip_reward=true",
                 "--set",
                 "replay.capacity=100",
             ],
@@ -240,6 +243,15 @@ fn config_errors_name_the_field_and_exit_2() {
                 "model.clip_next_state=true",
             ],
             &["model.clip_next_state", "host-kernel"],
+        ),
+        (
+            &[
+                "--set",
+                "agent.mode=network",
+                "--set",
+                "model.clip_reward=true",
+            ],
+            &["model.clip_reward", "host-kernel"],
         ),
         (&["--set", "q.policy=max"], &["`min`", "`mean`"]),
         (&["--set", "q.init=xavier"], &["`uniform`", "`orthogonal`"]),

@@ -312,6 +312,21 @@ impl Agent {
             .collect()
     }
 
+    /// `model.clip_reward`: r̂ clipped in place to the batch's range of rewards seen in replay;
+    /// true where an entry was clipped (its derivative is zero there). Empty when off.
+    pub(crate) fn clip_reward(&self, b: &Batch, r: &mut [f64]) -> Vec<bool> {
+        let Some((lo, hi)) = b.reward_range.filter(|_| self.cfg.model.clip_reward) else {
+            return Vec::new();
+        };
+        r.iter_mut()
+            .map(|x| {
+                let clipped = *x < lo || *x > hi;
+                *x = x.clamp(lo, hi);
+                clipped
+            })
+            .collect()
+    }
+
     /// ∇_ω of a loss given its gradients w.r.t. the next-state head's output (`ds`) and the
     /// reward head's (`dr`), from the tapes of [`Agent::model_forward`] (then recycled).
     pub(crate) fn model_param_grad(&self, tapes: [Tape; 2], ds: &[f64], dr: &[f64]) -> Vec<f64> {
@@ -338,12 +353,25 @@ impl Agent {
         let ks = self.sd.numel();
         let (n, a) = (b.len(), self.n_actions);
         let mut mt = self.tapes();
-        let (mut s2, _) = self.model_forward(b, x, &mut mt);
+        let (mut s2, mut r) = self.model_forward(b, x, &mut mt);
         let clipped = self.clip_next(b, &mut s2);
+        // A clipped reward does not move with ω.
+        let r_clipped = self.clip_reward(b, &mut r);
+        let c_r: Vec<f64> = c
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if r_clipped.get(i) == Some(&true) {
+                    0.0
+                } else {
+                    *v
+                }
+            })
+            .collect();
         let mut g = vec![0.0; self.omega.len()];
         let (gs, gr) = g.split_at_mut(ks);
         self.rd
-            .backward(&self.omega[ks..], &mt[1], c, Some(gr), None);
+            .backward(&self.omega[ks..], &mt[1], &c_r, Some(gr), None);
         if through {
             let mut t = self.tapes();
             self.q_forward(&self.q_target, &s2, n, &mut t);
@@ -434,6 +462,7 @@ impl Agent {
                     let mut out = self.model_forward(batch, &x, &mut mt);
                     self.recycle(mt);
                     self.clip_next(batch, &mut out.0);
+                    self.clip_reward(batch, &mut out.1);
                     out
                 });
                 (self.target(r, s2, &batch.mask), vec![1.0; n])
@@ -614,6 +643,7 @@ mod tests {
                     hidden: vec![8, 8],
                     predict,
                     clip_next_state: true,
+                    clip_reward: true,
                     ..ModelConfig::default()
                 },
                 precision: funcrl_bilevel::Precision::F64,
@@ -636,8 +666,19 @@ mod tests {
             let c: Vec<f64> = (0..n).map(|_| normal()).collect();
             let x = agent.model_input(&b);
             let mut mt = agent.tapes();
-            let (s2, _) = agent.model_forward(&b, &x, &mut mt);
+            let (s2, r) = agent.model_forward(&b, &x, &mut mt);
             agent.recycle(mt);
+            // Rewards likewise: bounds between the 25 % / 75 % predicted rewards' neighbours.
+            let mut v = r.clone();
+            v.sort_by(f64::total_cmp);
+            let (lo, hi) = (n / 4, 3 * n / 4);
+            b.reward_range = Some(((v[lo] + v[lo + 1]) / 2.0, (v[hi] + v[hi + 1]) / 2.0));
+            let k = agent
+                .clip_reward(&b, &mut r.clone())
+                .iter()
+                .filter(|c| **c)
+                .count();
+            assert!(k > n / 4 && k < 3 * n / 4, "{k} of {n} rewards clipped");
             // Per dimension, bounds halfway between the 25 % / 75 % predictions and their
             // neighbours.
             for j in 0..s_dim {
@@ -652,9 +693,10 @@ mod tests {
             assert!(k > n && k < 3 * n, "{k} of {} entries clipped", s2.len());
             let objective = |agent: &Agent| {
                 let mut mt = agent.tapes();
-                let (mut s2, r) = agent.model_forward(&b, &x, &mut mt);
+                let (mut s2, mut r) = agent.model_forward(&b, &x, &mut mt);
                 agent.recycle(mt);
                 agent.clip_next(&b, &mut s2);
+                agent.clip_reward(&b, &mut r);
                 let y = agent.target(&r, &s2, &b.mask);
                 y.iter().zip(&c).map(|(y, c)| y * c).sum::<f64>()
             };
@@ -678,13 +720,24 @@ mod tests {
                     "{predict:?}: finite difference {fd} vs gradient {an}"
                 );
             }
-            agent.cfg.model.clip_next_state = false;
-            let unclipped = agent.model_target_vjp(&b, &x, &c, true);
-            let diff: f64 = g.iter().zip(&unclipped).map(|(a, b)| (a - b).abs()).sum();
-            assert!(
-                diff > 1e-3,
-                "{predict:?}: clipping did not change the gradient"
-            );
+            // Each clip changes the gradient on its own.
+            for field in ["reward", "next state"] {
+                let flag = |a: &mut Agent, on: bool| {
+                    if field == "reward" {
+                        a.cfg.model.clip_reward = on;
+                    } else {
+                        a.cfg.model.clip_next_state = on;
+                    }
+                };
+                flag(&mut agent, false);
+                let unclipped = agent.model_target_vjp(&b, &x, &c, true);
+                flag(&mut agent, true);
+                let diff: f64 = g.iter().zip(&unclipped).map(|(a, b)| (a - b).abs()).sum();
+                assert!(
+                    diff > 1e-3,
+                    "{predict:?}: {field} clipping did not change the gradient"
+                );
+            }
         }
     }
 }

@@ -236,6 +236,12 @@ pub struct ModelConfig {
     /// `funcrl inspect`) sees the unclipped prediction. Off by default, as in the reference.
     #[serde(default)]
     pub clip_next_state: bool,
+    /// Clip the model's reward to the range of rewards seen in replay wherever it enters a Q
+    /// target (the Q step and FuncID/OMD's model gradient, which is zero where it is clipped).
+    /// With a constant reward (CartPole's 1) the model's reward is then that constant and only
+    /// its next states are learned. Off by default, as in the reference.
+    #[serde(default)]
+    pub clip_reward: bool,
 }
 
 impl Default for ModelConfig {
@@ -247,6 +253,7 @@ impl Default for ModelConfig {
             init: NetInit::default(),
             grad_clip: None,
             clip_next_state: false,
+            clip_reward: false,
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct Batch {
     /// the batch was not sampled from one): the range `model.clip_next_state` clips to.
     pub next_lo: Vec<f64>,
     pub next_hi: Vec<f64>,
+    /// The lowest and highest reward ever stored in the buffer (`None` when the batch was not
+    /// sampled from one): the range `model.clip_reward` clips to.
+    pub reward_range: Option<(f64, f64)>,
 }
 
 impl Batch {
@@ -158,6 +161,8 @@ pub struct ReplayBuffer {
     /// Running min and max of every next state pushed (kept through evictions, saved).
     next_lo: Vec<f32>,
     next_hi: Vec<f32>,
+    /// Running min and max of every reward pushed (kept through evictions, saved).
+    reward_range: (f64, f64),
 }
 
 impl ReplayBuffer {
@@ -176,6 +181,7 @@ impl ReplayBuffer {
             next: 0,
             next_lo: vec![f32::INFINITY; obs_dim],
             next_hi: vec![f32::NEG_INFINITY; obs_dim],
+            reward_range: (f64::INFINITY, f64::NEG_INFINITY),
             per: per.map(|cfg| Prioritized {
                 cfg,
                 tree: SumTree::new(capacity),
@@ -208,6 +214,10 @@ impl ReplayBuffer {
         widen(&mut self.next_lo, &mut self.next_hi, t.next_obs);
         self.action[i * a..(i + 1) * a].copy_from_slice(t.action);
         self.reward[i] = t.reward;
+        self.reward_range = (
+            self.reward_range.0.min(t.reward),
+            self.reward_range.1.max(t.reward),
+        );
         self.ending[i] = t.ending as u8;
         if let Some(p) = &mut self.per {
             // New transitions get the largest priority seen, so each is replayed at least once soon.
@@ -221,6 +231,11 @@ impl ReplayBuffer {
     /// The lowest and highest next state ever pushed, per dimension (±∞ while empty).
     pub fn next_range(&self) -> (&[f32], &[f32]) {
         (&self.next_lo, &self.next_hi)
+    }
+
+    /// The lowest and highest reward ever pushed (+∞, −∞ while empty).
+    pub fn reward_range(&self) -> (f64, f64) {
+        self.reward_range
     }
 
     /// The transition stored in slot `i`.
@@ -281,6 +296,7 @@ impl ReplayBuffer {
             weight,
             next_lo: self.next_lo.iter().map(|&x| x as f64).collect(),
             next_hi: self.next_hi.iter().map(|&x| x as f64).collect(),
+            reward_range: Some(self.reward_range),
             ..Batch::default()
         };
         for &i in &indices {
@@ -338,6 +354,11 @@ impl ReplayBuffer {
             g,
             "next_range",
             &[&self.next_lo[..], &self.next_hi[..]].concat(),
+        )?;
+        h5io::put(
+            g,
+            "reward_range",
+            &[self.reward_range.0, self.reward_range.1],
         )?;
         if let Some(p) = &self.per {
             h5io::put(g, "priority", &p.tree.leaves()[..n])?;
@@ -410,6 +431,18 @@ impl ReplayBuffer {
             // ring had already evicted some).
             for row in b.next_obs[..len * od].chunks_exact(od.max(1)) {
                 widen(&mut b.next_lo, &mut b.next_hi, row);
+            }
+        }
+        if g.link_exists("reward_range") {
+            let r = h5io::get::<f64>(g, "reward_range")?;
+            let [lo, hi] = r[..] else {
+                return Err(bad("reward_range must hold 2 values"));
+            };
+            b.reward_range = (lo, hi);
+        } else {
+            // Written before the range was kept: the stored rewards' range.
+            for &r in &b.reward[..len] {
+                b.reward_range = (b.reward_range.0.min(r), b.reward_range.1.max(r));
             }
         }
         if let Some(p) = &mut b.per {
@@ -498,6 +531,9 @@ mod tests {
         // The next-state range covers every push, the evicted ones (next states 1 and 2) too.
         assert_eq!(b.next_range(), (&[1.0, 0.5][..], &[7.0, 0.5][..]));
         assert_eq!((s.next_lo, s.next_hi), (vec![1.0, 0.5], vec![7.0, 0.5]));
+        // Rewards 0..7 were pushed; the evicted 0 and 1 still bound the reward range.
+        assert_eq!(b.reward_range(), (0.0, 6.0));
+        assert_eq!(s.reward_range, Some((0.0, 6.0)));
     }
 
     #[test]
@@ -522,6 +558,8 @@ mod tests {
             // Saved, not recomputed: the ring has evicted next states 1–3.
             assert_eq!(c.next_range(), b.next_range());
             assert_eq!(c.next_range().0[0], 1.0);
+            assert_eq!(c.reward_range(), b.reward_range());
+            assert_eq!(c.reward_range(), (0.0, 10.0));
             for i in 0..8 {
                 assert_eq!(c.get(i), b.get(i));
             }

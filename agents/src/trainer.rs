@@ -254,8 +254,13 @@ impl TrainConfig {
         if let Some(c) = self.model.grad_clip {
             pos("model.grad_clip", c)?;
         }
-        if self.model.clip_next_state && crate::rules::solver_method(&self.agent).is_some() {
-            return Err("model.clip_next_state is implemented for the host-kernel agents only: not with funcid mode = \"network\" or omd inverse = \"cg\"".into());
+        for (on, field) in [
+            (self.model.clip_next_state, "model.clip_next_state"),
+            (self.model.clip_reward, "model.clip_reward"),
+        ] {
+            if on && crate::rules::solver_method(&self.agent).is_some() {
+                return Err(format!("{field} is implemented for the host-kernel agents only: not with funcid mode = \"network\" or omd inverse = \"cg\"").into());
+            }
         }
         if let ModelLearning::Vep { functions: 0, .. } = self.agent {
             return Err("agent.functions must be at least 1 for vep".into());

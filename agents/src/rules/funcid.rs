@@ -46,9 +46,10 @@ impl LearningRule for Funcid {
             // Q*_ω = y_ω in both networks: Σᵢ (Q*ᵢ − y) = 2(y_ω − y).
             FuncidAdjoint::InnerSolution => {
                 let mut mt = agent.tapes();
-                let (mut s2, r) = agent.model_forward(batch, step.x, &mut mt);
+                let (mut s2, mut r) = agent.model_forward(batch, step.x, &mut mt);
                 agent.recycle(mt);
                 agent.clip_next(batch, &mut s2);
+                agent.clip_reward(batch, &mut r);
                 let y_model = agent.target(&r, &s2, &batch.mask);
                 (0..batch.len())
                     .map(|b| batch.weight[b] * 2.0 * (y_model[b] - step.y[b]) / nf)
