@@ -259,7 +259,9 @@ impl TrainConfig {
             (self.model.clip_reward, "model.clip_reward"),
         ] {
             if on && crate::rules::solver_method(&self.agent).is_some() {
-                return Err(format!("{field} is implemented for the host-kernel agents only: not with funcid mode = \"network\" or omd inverse = \"cg\"").into());
+                return Err(format!(
+                    "{field} is implemented for the host-kernel agents only: not with funcid mode = \"network\" or omd inverse = \"cg\""
+                ));
             }
         }
         if let ModelLearning::Vep { functions: 0, .. } = self.agent {
