@@ -278,6 +278,7 @@ fn check_q(
             init: q.init,
             grad_clip,
             clip_next_state: false,
+            clip_reward: false,
         },
         precision: Precision::F64,
         action_values: values,
