@@ -26,8 +26,9 @@ use crate::train::{
 
 #[derive(Args, Debug, Default)]
 pub struct CompareArgs {
-    /// One config per agent (e.g. configs/rl/cartpole_{mle,funcid,omd}.toml).
-    #[arg(long = "config", required = true, num_args = 1..)]
+    /// One config per agent (e.g. configs/rl/cartpole_{mle,funcid,omd}.toml); optional with
+    /// --with, which then only reports earlier runs.
+    #[arg(long = "config", required_unless_present = "with", num_args = 1..)]
     pub configs: Vec<PathBuf>,
     /// Seeds to run for every config (with --grid: the seeds the grid points are selected on).
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4")]
@@ -60,7 +61,8 @@ pub struct CompareArgs {
     /// Also report the finished runs of an earlier `compare` as agent LABEL (repeatable), so
     /// variants run by separate commands share one table, profile and P(A > B): DIR is that
     /// compare's --out folder, PREFIX picks its job folders runs/PREFIX_<seed> (e.g. `1_mle`;
-    /// optional when all of them belong to one config). Nothing is rerun.
+    /// optional when all of them belong to one config). Nothing is rerun; without --config,
+    /// nothing runs at all and the table holds the --with agents only.
     #[arg(long = "with", value_name = "LABEL=DIR[:PREFIX]")]
     pub with: Vec<String>,
     #[command(flatten)]
@@ -381,7 +383,8 @@ fn largest_outer_loss(run: &Path) -> anyhow::Result<f64> {
 }
 
 /// The finished runs named by one `--with LABEL=DIR[:PREFIX]`, as agent LABEL.
-fn with_runs(spec: &str, env: &str) -> anyhow::Result<AgentRuns> {
+/// `env`: the comparison's environment, which the runs must match (`None`: take theirs).
+fn with_runs(spec: &str, env: Option<&str>) -> anyhow::Result<(AgentRuns, String)> {
     let usage =
         |why: String| -> anyhow::Error { UsageError::new(format!("--with {spec}: {why}")).into() };
     let Some((label, rest)) = spec.split_once('=') else {
@@ -457,21 +460,26 @@ fn with_runs(spec: &str, env: &str) -> anyhow::Result<AgentRuns> {
             )));
         };
         let run_env = load_config(&run.join("config.toml"), &[], None)?.env;
-        if run_env != env {
-            return Err(usage(format!(
-                "its runs are on {run_env}, this comparison on {env}"
-            )));
+        match env {
+            Some(env) if run_env != env => {
+                return Err(usage(format!(
+                    "its runs are on {run_env}, this comparison on {env}"
+                )));
+            }
+            _ => {}
         }
         runs.push(read_evals(&run.join("evals.csv"))?);
         dirs.push(run);
     }
-    Ok(AgentRuns {
+    let run_env = load_config(&dirs[0].join("config.toml"), &[], None)?.env;
+    let agent = AgentRuns {
         name: label.to_string(),
         config: dirs[0].join("config.toml"),
         point: vec![],
         runs,
         dirs,
-    })
+    };
+    Ok((agent, run_env))
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -775,11 +783,19 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let env = load_config(&args.configs[0], &args.overrides, None)?.env;
+    if args.configs.is_empty() && !args.grid.is_empty() {
+        return Err(UsageError::new("--grid needs --config: it tunes the configs' agents").into());
+    }
+    // Without configs, the comparison is on the first --with's environment.
+    let mut env = match args.configs.first() {
+        Some(c) => Some(load_config(c, &args.overrides, None)?.env),
+        None => None,
+    };
     // Earlier runs to report beside these: read (and refused if unusable) before anything runs.
     let mut earlier = vec![];
     for spec in &args.with {
-        let a = with_runs(spec, &env)?;
+        let (a, run_env) = with_runs(spec, env.as_deref())?;
+        env.get_or_insert(run_env);
         if names.contains(&a.name) || earlier.iter().any(|e: &AgentRuns| e.name == a.name) {
             return Err(UsageError::new(format!(
                 "--with {spec}: the label {} is already an agent of this comparison",
@@ -789,8 +805,12 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<String> {
         }
         earlier.push(a);
     }
+    let env = env.expect("--config or --with is required");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    if args.configs.is_empty() {
+        return report(&args.out, &env, &earlier, args);
+    }
 
     // With a grid: every agent × point × selection seed, then the best point per agent.
     let (chosen, seeds): (Vec<Vec<String>>, Vec<u64>) = if args.grid.is_empty() {
@@ -950,7 +970,12 @@ mod tests {
             std::fs::write(runs.join(job).join(JOB), "{}").unwrap();
         }
         let d = dir.display();
-        let err = |spec: &str| with_runs(spec, "CartPole-v1").err().unwrap().to_string();
+        let err = |spec: &str| {
+            with_runs(spec, Some("CartPole-v1"))
+                .err()
+                .unwrap()
+                .to_string()
+        };
         assert!(err("nolabel").contains("expected LABEL=DIR[:PREFIX]"));
         let e = err(&format!("x={d}"));
         assert!(

@@ -352,6 +352,19 @@ fn compare_plots_and_tabulates() {
             .collect()
     };
     assert_eq!(rows(&table2), rows(&swap), "{table2}\nvs\n{swap}");
+    // Without --config nothing runs: the table holds the --with agents only.
+    let out3 = tmp("compare-collect");
+    let o3 = out3.display().to_string();
+    let w0 = format!("mle={o}:0_mle");
+    let r = Command::new(BIN)
+        .args([
+            "compare", "--with", &w0, "--with", &w1, "--with", &w2, "--out", &o3,
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(rows(&String::from_utf8(r.stdout).unwrap()), rows(&swap));
+    assert!(out3.join("summary.md").is_file() && !out3.join("runs").exists());
     // The diverged-runs column: these short runs' Bellman errors stay far below 10³.
     assert!(table2.contains("| outer loss > 10³ (runs) |") && table2.contains("| 0/2 |"));
     // A bad --with is refused before anything runs, naming the flag.
