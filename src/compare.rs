@@ -449,6 +449,8 @@ fn with_runs(spec: &str, env: Option<&str>) -> anyhow::Result<(AgentRuns, String
     }
     jobs.sort_by_key(|j| j.1);
     let (mut runs, mut dirs) = (vec![], vec![]);
+    // The comparison's environment, else the first run's: every run must be on it.
+    let mut env = env.map(str::to_string);
     for (_, seed, job) in &jobs {
         let Some(run) = run_dirs(job)?
             .into_iter()
@@ -460,18 +462,15 @@ fn with_runs(spec: &str, env: Option<&str>) -> anyhow::Result<(AgentRuns, String
             )));
         };
         let run_env = load_config(&run.join("config.toml"), &[], None)?.env;
-        match env {
-            Some(env) if run_env != env => {
-                return Err(usage(format!(
-                    "its runs are on {run_env}, this comparison on {env}"
-                )));
-            }
-            _ => {}
+        let want = env.get_or_insert_with(|| run_env.clone());
+        if run_env != *want {
+            return Err(usage(format!(
+                "its runs are on {run_env}, the comparison on {want}"
+            )));
         }
         runs.push(read_evals(&run.join("evals.csv"))?);
         dirs.push(run);
     }
-    let run_env = load_config(&dirs[0].join("config.toml"), &[], None)?.env;
     let agent = AgentRuns {
         name: label.to_string(),
         config: dirs[0].join("config.toml"),
@@ -479,7 +478,7 @@ fn with_runs(spec: &str, env: Option<&str>) -> anyhow::Result<(AgentRuns, String
         runs,
         dirs,
     };
-    Ok((agent, run_env))
+    Ok((agent, env.expect("at least one run")))
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {

@@ -6,6 +6,7 @@
 use funcrl_bilevel::{Ctx, Mlp, Params};
 use rand::{RngExt, rngs::StdRng};
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use crate::config::{AgentConfig, PolicyQ};
@@ -303,12 +304,7 @@ impl Agent {
         let d = self.obs_dim;
         s2.iter_mut()
             .enumerate()
-            .map(|(j, x)| {
-                let (lo, hi) = (b.next_lo[j % d], b.next_hi[j % d]);
-                let clipped = *x < lo || *x > hi;
-                *x = x.clamp(lo, hi);
-                clipped
-            })
+            .map(|(j, x)| clamp_marked(x, b.next_lo[j % d], b.next_hi[j % d]))
             .collect()
     }
 
@@ -318,13 +314,7 @@ impl Agent {
         let Some((lo, hi)) = b.reward_range.filter(|_| self.cfg.model.clip_reward) else {
             return Vec::new();
         };
-        r.iter_mut()
-            .map(|x| {
-                let clipped = *x < lo || *x > hi;
-                *x = x.clamp(lo, hi);
-                clipped
-            })
-            .collect()
+        r.iter_mut().map(|x| clamp_marked(x, lo, hi)).collect()
     }
 
     /// ∇_ω of a loss given its gradients w.r.t. the next-state head's output (`ds`) and the
@@ -357,17 +347,15 @@ impl Agent {
         let clipped = self.clip_next(b, &mut s2);
         // A clipped reward does not move with ω.
         let r_clipped = self.clip_reward(b, &mut r);
-        let c_r: Vec<f64> = c
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                if r_clipped.get(i) == Some(&true) {
-                    0.0
-                } else {
-                    *v
-                }
-            })
-            .collect();
+        let c_r: Cow<[f64]> = if r_clipped.contains(&true) {
+            let mut c = c.to_vec();
+            for (v, _) in c.iter_mut().zip(&r_clipped).filter(|(_, k)| **k) {
+                *v = 0.0;
+            }
+            Cow::Owned(c)
+        } else {
+            Cow::Borrowed(c)
+        };
         let mut g = vec![0.0; self.omega.len()];
         let (gs, gr) = g.split_at_mut(ks);
         self.rd
@@ -545,6 +533,13 @@ impl Agent {
         let q2 = self.qd.forward_one(&self.q[k..], obs);
         softmax_policy(&policy_q(&q1, &q2, self.cfg.q.policy), self.cfg.q.alpha)
     }
+}
+
+/// Clamps `x` to [lo, hi] in place; true if it was outside (its derivative is then zero).
+fn clamp_marked(x: &mut f64, lo: f64, hi: f64) -> bool {
+    let outside = *x < lo || *x > hi;
+    *x = x.clamp(lo, hi);
+    outside
 }
 
 #[cfg(test)]

@@ -144,6 +144,11 @@ fn widen(lo: &mut [f32], hi: &mut [f32], x: &[f32]) {
     }
 }
 
+/// Widens the reward range (lo, hi) to cover `r`.
+fn widen_reward(range: &mut (f64, f64), r: f64) {
+    *range = (range.0.min(r), range.1.max(r));
+}
+
 /// Ring storage: when full, the oldest transition is overwritten.
 #[derive(Clone, Debug)]
 pub struct ReplayBuffer {
@@ -214,10 +219,7 @@ impl ReplayBuffer {
         widen(&mut self.next_lo, &mut self.next_hi, t.next_obs);
         self.action[i * a..(i + 1) * a].copy_from_slice(t.action);
         self.reward[i] = t.reward;
-        self.reward_range = (
-            self.reward_range.0.min(t.reward),
-            self.reward_range.1.max(t.reward),
-        );
+        widen_reward(&mut self.reward_range, t.reward);
         self.ending[i] = t.ending as u8;
         if let Some(p) = &mut self.per {
             // New transitions get the largest priority seen, so each is replayed at least once soon.
@@ -442,7 +444,7 @@ impl ReplayBuffer {
         } else {
             // Written before the range was kept: the stored rewards' range.
             for &r in &b.reward[..len] {
-                b.reward_range = (b.reward_range.0.min(r), b.reward_range.1.max(r));
+                widen_reward(&mut b.reward_range, r);
             }
         }
         if let Some(p) = &mut b.per {
