@@ -103,7 +103,8 @@ fn every_agent_trains_for_a_few_hundred_steps() {
     }
 }
 
-/// Also with next states and rewards clipped to the replay range, on a ring smaller than the run,
+/// Also with next states and rewards clipped to the replay range and targets to its value range,
+/// on a ring smaller than the run,
 /// so that the range saved in the checkpoint (which covers evicted transitions) is what the
 /// resumed run uses.
 #[test]
@@ -118,6 +119,8 @@ fn resume_gives_the_numbers_of_an_uninterrupted_run() {
                 "model.clip_next_state=true",
                 "--set",
                 "model.clip_reward=true",
+                "--set",
+                "q.clip_target=true",
                 "--set",
                 "replay.capacity=100",
             ],
@@ -252,6 +255,10 @@ fn config_errors_name_the_field_and_exit_2() {
                 "model.clip_reward=true",
             ],
             &["model.clip_reward", "host-kernel"],
+        ),
+        (
+            &["--set", "agent.mode=network", "--set", "q.clip_target=true"],
+            &["q.clip_target", "host-kernel"],
         ),
         (&["--set", "q.policy=max"], &["`min`", "`mean`"]),
         (&["--set", "q.init=xavier"], &["`uniform`", "`orthogonal`"]),

@@ -14,7 +14,7 @@ use crate::nets::{DoubleQ, Predict, WorldModel};
 use crate::problem::BatchTensors;
 use crate::replay::Batch;
 use crate::rules::{self, LearningRule, StepData};
-use crate::targets::{sample_index, softmax_policy};
+use crate::targets::{sample_index, softmax_policy, value_range};
 use funcrl_kernels::{Adam, Dense, Tape};
 
 /// Losses of one update (NaN/Inf in any of them stops a run).
@@ -261,7 +261,18 @@ impl Agent {
     }
 
     /// r + γ·m·V̄(s') under the target network, per row.
-    pub(crate) fn target(&self, r: &[f64], s_next: &[f64], mask: &[f64]) -> Vec<f64> {
+    pub(crate) fn target(&self, b: &Batch, r: &[f64], s_next: &[f64]) -> Vec<f64> {
+        self.target_marked(b, r, s_next).0
+    }
+
+    /// The targets of [`Agent::target`] and, with `q.clip_target`, where one was clipped to the
+    /// value range of the batch's rewards (empty when off or without a range).
+    pub(crate) fn target_marked(
+        &self,
+        b: &Batch,
+        r: &[f64],
+        s_next: &[f64],
+    ) -> (Vec<f64>, Vec<bool>) {
         let mut t = self.tapes();
         self.q_forward(&self.q_target, s_next, r.len(), &mut t);
         let (v, _, _) = soft_values(
@@ -271,8 +282,18 @@ impl Agent {
             self.cfg.q.alpha,
         );
         self.recycle(t);
-        let g = self.cfg.q.gamma;
-        (0..r.len()).map(|b| r[b] + mask[b] * v[b] * g).collect()
+        let q = &self.cfg.q;
+        let mut y: Vec<f64> = (0..r.len())
+            .map(|i| r[i] + b.mask[i] * v[i] * q.gamma)
+            .collect();
+        let marks = match b.reward_range.filter(|_| q.clip_target) {
+            Some(range) => {
+                let (lo, hi) = value_range(range, q.gamma, q.alpha, self.n_actions);
+                y.iter_mut().map(|x| clamp_marked(x, lo, hi)).collect()
+            }
+            None => Vec::new(),
+        };
+        (y, marks)
     }
 
     /// (ŝ', r̂) and the tapes of both heads.
@@ -345,17 +366,15 @@ impl Agent {
         let mut mt = self.tapes();
         let (mut s2, mut r) = self.model_forward(b, x, &mut mt);
         let clipped = self.clip_next(b, &mut s2);
-        // A clipped reward does not move with ω.
+        // A clipped reward, or a clipped target, does not move with ω.
         let r_clipped = self.clip_reward(b, &mut r);
-        let c_r: Cow<[f64]> = if r_clipped.contains(&true) {
-            let mut c = c.to_vec();
-            for (v, _) in c.iter_mut().zip(&r_clipped).filter(|(_, k)| **k) {
-                *v = 0.0;
-            }
-            Cow::Owned(c)
+        let y_clipped = if self.cfg.q.clip_target {
+            self.target_marked(b, &r, &s2).1
         } else {
-            Cow::Borrowed(c)
+            Vec::new()
         };
+        let c = zero_where(c, &y_clipped);
+        let c_r = zero_where(&c, &r_clipped);
         let mut g = vec![0.0; self.omega.len()];
         let (gs, gr) = g.split_at_mut(ks);
         self.rd
@@ -453,10 +472,10 @@ impl Agent {
                     self.clip_reward(batch, &mut out.1);
                     out
                 });
-                (self.target(r, s2, &batch.mask), vec![1.0; n])
+                (self.target(batch, r, s2), vec![1.0; n])
             } else {
                 (
-                    self.target(&batch.reward, &batch.next_obs, &batch.mask),
+                    self.target(batch, &batch.reward, &batch.next_obs),
                     batch.weight.clone(),
                 )
             };
@@ -472,7 +491,7 @@ impl Agent {
         }
 
         // 2. The outer objective on real data, at the new Q and Q̄.
-        let y = self.target(&batch.reward, &batch.next_obs, &batch.mask);
+        let y = self.target(batch, &batch.reward, &batch.next_obs);
         self.q_forward(&self.q, &batch.obs, n, &mut tapes);
         let (outer_loss, d_out) = q_loss_grad(&tapes, &acts, &y, &batch.weight, na);
         // Σᵢ (Qᵢ(s, a) − y) per row.
@@ -533,6 +552,18 @@ impl Agent {
         let q2 = self.qd.forward_one(&self.q[k..], obs);
         softmax_policy(&policy_q(&q1, &q2, self.cfg.q.policy), self.cfg.q.alpha)
     }
+}
+
+/// `c` with zeros where `marks` is true (borrowed when nothing is marked).
+fn zero_where<'a>(c: &'a [f64], marks: &[bool]) -> Cow<'a, [f64]> {
+    if !marks.contains(&true) {
+        return Cow::Borrowed(c);
+    }
+    let mut c = c.to_vec();
+    for (v, _) in c.iter_mut().zip(marks).filter(|(_, k)| **k) {
+        *v = 0.0;
+    }
+    Cow::Owned(c)
 }
 
 /// Clamps `x` to [lo, hi] in place; true if it was outside (its derivative is then zero).
@@ -618,121 +649,161 @@ mod tests {
     /// gradient of the clipped target r_ω + γ·m·V̄(clip(ŝ'_ω)): checked against central finite
     /// differences, with bounds between predictions so that about half of the entries are
     /// clipped (and none sits on a bound), and against the unclipped gradient, which differs.
+    /// Twice: with the model's rewards clipped (`model.clip_reward`), and with the targets
+    /// clipped to the value range (`q.clip_target`, its reward range chosen so that about half
+    /// of the targets fall outside).
     #[test]
     fn clipped_model_gradient_is_the_finite_difference_gradient() {
         use crate::config::{FuncidAdjoint, FuncidMode, ModelConfig, ModelLearning, QConfig};
-        use rand::{RngExt, SeedableRng};
         let (s_dim, n) = (4, 32);
-        for predict in [Predict::NextState, Predict::Delta] {
-            let cfg = AgentConfig {
-                learning: ModelLearning::Funcid {
-                    mode: FuncidMode::Full,
-                    adjoint_steps: 3,
-                    adjoint: FuncidAdjoint::InnerSolution,
-                },
-                q: QConfig {
-                    hidden: vec![16, 16],
-                    ..QConfig::default()
-                },
-                model: ModelConfig {
-                    hidden: vec![8, 8],
-                    predict,
-                    clip_next_state: true,
-                    clip_reward: true,
-                    ..ModelConfig::default()
-                },
-                precision: funcrl_bilevel::Precision::F64,
-                action_values: None,
-            };
-            let mut agent = Agent::new(cfg, s_dim, 2, &mut StdRng::seed_from_u64(5));
-            let mut rng = StdRng::seed_from_u64(6);
-            let mut normal = || rng.random::<f64>() * 2.0 - 1.0;
-            let obs: Vec<f64> = (0..n * s_dim).map(|_| normal()).collect();
-            let mut b = Batch {
-                indices: (0..n).collect(),
-                action: (0..n).map(|i| (i % 2) as f64).collect(),
-                next_obs: obs.iter().map(|x| x + 0.1).collect(),
-                obs,
-                reward: vec![1.0; n],
-                mask: (0..n).map(|i| if i % 7 == 3 { 0.0 } else { 1.0 }).collect(),
-                weight: vec![1.0; n],
-                ..Batch::default()
-            };
-            let c: Vec<f64> = (0..n).map(|_| normal()).collect();
-            let x = agent.model_input(&b);
-            let mut mt = agent.tapes();
-            let (s2, r) = agent.model_forward(&b, &x, &mut mt);
-            agent.recycle(mt);
-            // Rewards likewise: bounds between the 25 % / 75 % predicted rewards' neighbours.
-            let mut v = r.clone();
+        let quartile_bounds = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
             let (lo, hi) = (n / 4, 3 * n / 4);
-            b.reward_range = Some(((v[lo] + v[lo + 1]) / 2.0, (v[hi] + v[hi + 1]) / 2.0));
+            ((v[lo] + v[lo + 1]) / 2.0, (v[hi] + v[hi + 1]) / 2.0)
+        };
+        for predict in [Predict::NextState, Predict::Delta] {
+            for clip in ["reward", "target"] {
+                let cfg = AgentConfig {
+                    learning: ModelLearning::Funcid {
+                        mode: FuncidMode::Full,
+                        adjoint_steps: 3,
+                        adjoint: FuncidAdjoint::InnerSolution,
+                    },
+                    q: QConfig {
+                        hidden: vec![16, 16],
+                        clip_target: clip == "target",
+                        ..QConfig::default()
+                    },
+                    model: ModelConfig {
+                        hidden: vec![8, 8],
+                        predict,
+                        clip_next_state: true,
+                        clip_reward: clip == "reward",
+                        ..ModelConfig::default()
+                    },
+                    precision: funcrl_bilevel::Precision::F64,
+                    action_values: None,
+                };
+                check_clipped_gradient(cfg, clip, s_dim, n, &quartile_bounds);
+            }
+        }
+    }
+
+    fn check_clipped_gradient(
+        cfg: AgentConfig,
+        clip: &str,
+        s_dim: usize,
+        n: usize,
+        quartile_bounds: &dyn Fn(Vec<f64>) -> (f64, f64),
+    ) {
+        use rand::{RngExt, SeedableRng};
+        let predict = cfg.model.predict;
+        let mut agent = Agent::new(cfg, s_dim, 2, &mut StdRng::seed_from_u64(5));
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut normal = || rng.random::<f64>() * 2.0 - 1.0;
+        let obs: Vec<f64> = (0..n * s_dim).map(|_| normal()).collect();
+        let mut b = Batch {
+            indices: (0..n).collect(),
+            action: (0..n).map(|i| (i % 2) as f64).collect(),
+            next_obs: obs.iter().map(|x| x + 0.1).collect(),
+            obs,
+            reward: vec![1.0; n],
+            mask: (0..n).map(|i| if i % 7 == 3 { 0.0 } else { 1.0 }).collect(),
+            weight: vec![1.0; n],
+            ..Batch::default()
+        };
+        let c: Vec<f64> = (0..n).map(|_| normal()).collect();
+        let x = agent.model_input(&b);
+        let mut mt = agent.tapes();
+        let (s2, r) = agent.model_forward(&b, &x, &mut mt);
+        agent.recycle(mt);
+        // Per dimension, bounds halfway between the 25 % / 75 % predictions and their
+        // neighbours.
+        for j in 0..s_dim {
+            let (lo, hi) = quartile_bounds(s2.iter().skip(j).step_by(s_dim).copied().collect());
+            b.next_lo.push(lo);
+            b.next_hi.push(hi);
+        }
+        let mut s2c = s2.clone();
+        let clipped = agent.clip_next(&b, &mut s2c);
+        let k = clipped.iter().filter(|c| **c).count();
+        assert!(k > n && k < 3 * n, "{k} of {} entries clipped", s2.len());
+        if clip == "reward" {
+            // Rewards likewise: bounds between the 25 % / 75 % predicted rewards' neighbours.
+            b.reward_range = Some(quartile_bounds(r.clone()));
             let k = agent
                 .clip_reward(&b, &mut r.clone())
                 .iter()
                 .filter(|c| **c)
                 .count();
             assert!(k > n / 4 && k < 3 * n / 4, "{k} of {n} rewards clipped");
-            // Per dimension, bounds halfway between the 25 % / 75 % predictions and their
-            // neighbours.
-            for j in 0..s_dim {
-                let mut v: Vec<f64> = s2.iter().skip(j).step_by(s_dim).copied().collect();
-                v.sort_by(f64::total_cmp);
-                let (lo, hi) = (n / 4, 3 * n / 4);
-                b.next_lo.push((v[lo] + v[lo + 1]) / 2.0);
-                b.next_hi.push((v[hi] + v[hi + 1]) / 2.0);
-            }
-            let clipped = agent.clip_next(&b, &mut s2.clone());
-            let k = clipped.iter().filter(|c| **c).count();
-            assert!(k > n && k < 3 * n, "{k} of {} entries clipped", s2.len());
-            let objective = |agent: &Agent| {
-                let mut mt = agent.tapes();
-                let (mut s2, mut r) = agent.model_forward(&b, &x, &mut mt);
-                agent.recycle(mt);
-                agent.clip_next(&b, &mut s2);
-                agent.clip_reward(&b, &mut r);
-                let y = agent.target(&r, &s2, &b.mask);
-                y.iter().zip(&c).map(|(y, c)| y * c).sum::<f64>()
+        } else {
+            // The reward range whose value range is the targets' quartile bounds (inverting
+            // `value_range`; checked below).
+            let (l, h) = quartile_bounds(agent.target(&b, &r, &s2c));
+            let q = &agent.cfg.q;
+            let e = q.alpha * 2f64.ln();
+            let r_lo = if l >= 0.0 { l } else { l * (1.0 - q.gamma) };
+            let r_hi = if h >= -e {
+                h * (1.0 - q.gamma) - q.gamma * e
+            } else {
+                h
             };
-            let g = agent.model_target_vjp(&b, &x, &c, true);
-            let omega = agent.omega.clone();
-            let mut dir_rng = StdRng::seed_from_u64(7);
-            for _ in 0..4 {
-                let u: Vec<f64> = (0..omega.len())
-                    .map(|_| dir_rng.random::<f64>() - 0.5)
-                    .collect();
-                let mut at = |h: f64| {
-                    agent.omega = omega.iter().zip(&u).map(|(w, d)| w + h * d).collect();
-                    objective(&agent)
-                };
-                let h = 1e-6;
-                let fd = (at(h) - at(-h)) / (2.0 * h);
-                agent.omega = omega.clone();
-                let an: f64 = g.iter().zip(&u).map(|(x, d)| x * d).sum();
-                assert!(
-                    (fd - an).abs() <= 1e-6 * an.abs().max(1e-3),
-                    "{predict:?}: finite difference {fd} vs gradient {an}"
-                );
-            }
-            // Each clip changes the gradient on its own.
-            for field in ["reward", "next state"] {
-                let flag = |a: &mut Agent, on: bool| {
-                    if field == "reward" {
-                        a.cfg.model.clip_reward = on;
-                    } else {
-                        a.cfg.model.clip_next_state = on;
-                    }
-                };
-                flag(&mut agent, false);
-                let unclipped = agent.model_target_vjp(&b, &x, &c, true);
-                flag(&mut agent, true);
-                let diff: f64 = g.iter().zip(&unclipped).map(|(a, b)| (a - b).abs()).sum();
-                assert!(
-                    diff > 1e-3,
-                    "{predict:?}: {field} clipping did not change the gradient"
-                );
-            }
+            let (lo, hi) = value_range((r_lo, r_hi), q.gamma, q.alpha, 2);
+            assert!((lo - l).abs() < 1e-12 && (hi - h).abs() < 1e-12);
+            b.reward_range = Some((r_lo, r_hi));
+            let k = agent
+                .target_marked(&b, &r, &s2c)
+                .1
+                .iter()
+                .filter(|c| **c)
+                .count();
+            assert!(k > n / 4 && k < 3 * n / 4, "{k} of {n} targets clipped");
+        }
+        let objective = |agent: &Agent| {
+            let mut mt = agent.tapes();
+            let (mut s2, mut r) = agent.model_forward(&b, &x, &mut mt);
+            agent.recycle(mt);
+            agent.clip_next(&b, &mut s2);
+            agent.clip_reward(&b, &mut r);
+            let y = agent.target(&b, &r, &s2);
+            y.iter().zip(&c).map(|(y, c)| y * c).sum::<f64>()
+        };
+        let g = agent.model_target_vjp(&b, &x, &c, true);
+        let omega = agent.omega.clone();
+        let mut dir_rng = StdRng::seed_from_u64(7);
+        for _ in 0..4 {
+            let u: Vec<f64> = (0..omega.len())
+                .map(|_| dir_rng.random::<f64>() - 0.5)
+                .collect();
+            let mut at = |h: f64| {
+                agent.omega = omega.iter().zip(&u).map(|(w, d)| w + h * d).collect();
+                objective(&agent)
+            };
+            let h = 1e-6;
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            agent.omega = omega.clone();
+            let an: f64 = g.iter().zip(&u).map(|(x, d)| x * d).sum();
+            assert!(
+                (fd - an).abs() <= 1e-6 * an.abs().max(1e-3),
+                "{predict:?}, {clip}: finite difference {fd} vs gradient {an}"
+            );
+        }
+        // Each clip changes the gradient on its own.
+        for field in [clip, "next state"] {
+            let flag = |a: &mut Agent, on: bool| match field {
+                "reward" => a.cfg.model.clip_reward = on,
+                "target" => a.cfg.q.clip_target = on,
+                _ => a.cfg.model.clip_next_state = on,
+            };
+            flag(&mut agent, false);
+            let unclipped = agent.model_target_vjp(&b, &x, &c, true);
+            flag(&mut agent, true);
+            let diff: f64 = g.iter().zip(&unclipped).map(|(a, b)| (a - b).abs()).sum();
+            assert!(
+                diff > 1e-3,
+                "{predict:?}: {field} clipping did not change the gradient"
+            );
         }
     }
 }

@@ -194,6 +194,13 @@ pub struct QConfig {
     /// reference's `num_Q_steps` (1). More steps shrink Q's lag behind the model target.
     #[serde(default = "d_one")]
     pub steps: usize,
+    /// Clip every Q target r + γ·m·V̄(s′) (model and real) to the values a soft Q-function can
+    /// take given the rewards seen in replay, [r_lo, r_hi]: from min(r_lo, r_lo/(1−γ)) to
+    /// max(r_hi, (r_hi + γ·α·ln|A|)/(1−γ)). A target outside cannot be a value, so bootstrapping
+    /// cannot run away past it; a clipped model target does not move with the model (zero
+    /// model gradient). Off by default; the reference clips nothing.
+    #[serde(default)]
+    pub clip_target: bool,
 }
 
 impl Default for QConfig {
@@ -209,6 +216,7 @@ impl Default for QConfig {
             reset_optimizer: false,
             policy: PolicyQ::default(),
             steps: 1,
+            clip_target: false,
         }
     }
 }

@@ -67,6 +67,19 @@ pub fn bellman_target(reward: f64, gamma: f64, mask: f64, v_next: f64) -> f64 {
     reward + gamma * mask * v_next
 }
 
+/// The interval every soft Q-value lies in when rewards lie in `[r_lo, r_hi]`, with discount γ,
+/// temperature α and `n_actions` actions: V = α·logsumexp(Q/α) exceeds max Q by at most α·ln|A|,
+/// so Q ≤ r_hi + γ(Q_max + α·ln|A|) gives the upper end, Q ≥ r_lo + γ·m·Q_min the lower; a
+/// terminal target is r itself, hence the min/max with the rewards.
+pub fn value_range(reward: (f64, f64), gamma: f64, alpha: f64, n_actions: usize) -> (f64, f64) {
+    let (r_lo, r_hi) = reward;
+    let entropy = alpha * (n_actions as f64).ln();
+    (
+        r_lo.min(r_lo / (1.0 - gamma)),
+        r_hi.max((r_hi + gamma * entropy) / (1.0 - gamma)),
+    )
+}
+
 /// softmax(q/α), stable.
 pub fn softmax_policy(q: &[f64], alpha: f64) -> Vec<f64> {
     let m = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -182,5 +195,70 @@ mod tests {
             ctx.tensor2(vec![10.0, 10.0], 2, 1),
         ));
         assert_eq!(y, vec![10.0, 1.0]);
+    }
+
+    /// Soft value iteration as the oracle: on random MDPs (rewards in [r_lo, r_hi], some
+    /// transitions terminal) the fixed point Q* lies in `value_range`, and a one-state MDP that
+    /// always pays r_hi and never ends reaches its upper end exactly; its lower end for r_lo < 0.
+    #[test]
+    fn value_range_contains_soft_fixed_points_and_is_attained() {
+        use rand::{RngExt, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(3);
+        for (gamma, alpha, na, r_lo, r_hi) in [
+            (0.9, 0.1, 2usize, 1.0, 1.0),
+            (0.8, 0.5, 3, -2.0, 0.5),
+            (0.5, 0.0, 4, -1.0, -0.2),
+        ] {
+            let (lo, hi) = value_range((r_lo, r_hi), gamma, alpha, na);
+            let soft = |q: &[f64]| {
+                if alpha == 0.0 {
+                    q.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+                } else {
+                    soft_value(q, alpha)
+                }
+            };
+            // One state, reward r, never terminal: Q = r + γ·(Q + α ln|A|) for every action.
+            let fixed = |r: f64| {
+                let mut q = vec![0.0; na];
+                for _ in 0..2000 {
+                    let v = soft(&q);
+                    q = vec![r + gamma * v; na];
+                }
+                q[0]
+            };
+            // The upper end is the never-ending chain's value, or r_hi itself (a terminal
+            // target) when that is larger (r_hi < 0 with little entropy).
+            let e = alpha * (na as f64).ln();
+            let want = if (r_hi + gamma * e) / (1.0 - gamma) >= r_hi {
+                fixed(r_hi)
+            } else {
+                r_hi
+            };
+            assert!((want - hi).abs() < 1e-9, "{want} vs {hi}");
+            if alpha == 0.0 || r_lo >= 0.0 {
+                // Without entropy (or with r_lo ≥ 0 and the terminal bound) the lower end too.
+                let want = if r_lo < 0.0 { fixed(r_lo) } else { r_lo };
+                assert!((want - lo).abs() < 1e-9, "{want} vs {lo}");
+            }
+            // Random MDPs: 5 states, rewards and next states per (s, a), 30 % terminal.
+            for _ in 0..20 {
+                let (ns, k) = (5, 5 * na);
+                let r: Vec<f64> = (0..k)
+                    .map(|_| r_lo + (r_hi - r_lo) * rng.random::<f64>())
+                    .collect();
+                let next: Vec<usize> = (0..k).map(|_| rng.random_range(0..ns)).collect();
+                let term: Vec<bool> = (0..k).map(|_| rng.random::<f64>() < 0.3).collect();
+                let mut q = vec![0.0; k];
+                for _ in 0..3000 {
+                    let v: Vec<f64> = (0..ns).map(|s| soft(&q[s * na..(s + 1) * na])).collect();
+                    q = (0..k)
+                        .map(|j| r[j] + if term[j] { 0.0 } else { gamma * v[next[j]] })
+                        .collect();
+                }
+                for x in q {
+                    assert!(x >= lo - 1e-9 && x <= hi + 1e-9, "{x} outside [{lo}, {hi}]");
+                }
+            }
+        }
     }
 }

@@ -257,6 +257,7 @@ impl TrainConfig {
         for (on, field) in [
             (self.model.clip_next_state, "model.clip_next_state"),
             (self.model.clip_reward, "model.clip_reward"),
+            (self.q.clip_target, "q.clip_target"),
         ] {
             if on && crate::rules::solver_method(&self.agent).is_some() {
                 return Err(format!(

@@ -50,7 +50,7 @@ impl LearningRule for Funcid {
                 agent.recycle(mt);
                 agent.clip_next(batch, &mut s2);
                 agent.clip_reward(batch, &mut r);
-                let y_model = agent.target(&r, &s2, &batch.mask);
+                let y_model = agent.target(batch, &r, &s2);
                 (0..batch.len())
                     .map(|b| batch.weight[b] * 2.0 * (y_model[b] - step.y[b]) / nf)
                     .collect()
