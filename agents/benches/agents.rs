@@ -55,7 +55,7 @@ fn main() {
     let args: Vec<String> = std::env::args().filter(|a| !a.starts_with("--")).collect();
     let steps: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
 
-    // 1. The update alone, on ref_rl_jax.py's batch: s ~ N(0,1), r = 1, s' = s + 0.01·noise, m = 1.
+    // 1. The update alone, on rl_jax.py's batch: s ~ N(0,1), r = 1, s' = s + 0.01·noise, m = 1.
     let (b, s_dim) = (256, 4);
     let mut rng = StdRng::seed_from_u64(1);
     let mut normal = || -> f64 {
@@ -101,7 +101,7 @@ fn main() {
     }
     let dt = t.elapsed().as_secs_f64() / n as f64;
     println!(
-        "funcrl funcid update (ref_rl_jax.py batch, B=256, f64): {:.0} us per update -> {:.3} s per 1k env steps (updates only)",
+        "funcrl funcid update (rl_jax.py batch, B=256, f64): {:.0} us per update -> {:.3} s per 1k env steps (updates only)",
         dt * 1e6,
         dt * 1000.0
     );
