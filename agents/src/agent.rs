@@ -260,7 +260,8 @@ impl Agent {
         grad
     }
 
-    /// r + γ·m·V̄(s') under the target network, per row.
+    /// r + γ·m·V̄(s') under the target network, per row (clipped to the value range of the
+    /// batch's rewards with `q.clip_target`).
     pub(crate) fn target(&self, b: &Batch, r: &[f64], s_next: &[f64]) -> Vec<f64> {
         self.target_marked(b, r, s_next).0
     }
