@@ -283,6 +283,11 @@ impl Agent {
             self.cfg.q.alpha,
         );
         self.recycle(t);
+        self.targets_from_values(b, r, &v)
+    }
+
+    /// r + γ·m·v per row, clipped as [`Agent::target_marked`] says, given V̄(s') = `v`.
+    fn targets_from_values(&self, b: &Batch, r: &[f64], v: &[f64]) -> (Vec<f64>, Vec<bool>) {
         let q = &self.cfg.q;
         let mut y: Vec<f64> = (0..r.len())
             .map(|i| r[i] + b.mask[i] * v[i] * q.gamma)
@@ -369,10 +374,15 @@ impl Agent {
         let clipped = self.clip_next(b, &mut s2);
         // A clipped reward, or a clipped target, does not move with ω.
         let r_clipped = self.clip_reward(b, &mut r);
-        let y_clipped = if self.cfg.q.clip_target {
-            self.target_marked(b, &r, &s2).1
-        } else {
-            Vec::new()
+        // One Q̄ forward at ŝ' serves both the target clip and the gradient through V̄.
+        let mut t = self.tapes();
+        let soft = (through || self.cfg.q.clip_target).then(|| {
+            self.q_forward(&self.q_target, &s2, n, &mut t);
+            soft_values(t[0].output(), t[1].output(), a, self.cfg.q.alpha)
+        });
+        let y_clipped = match &soft {
+            Some((v, _, _)) => self.targets_from_values(b, &r, v).1,
+            None => Vec::new(),
         };
         let c = zero_where(c, &y_clipped);
         let c_r = zero_where(&c, &r_clipped);
@@ -380,11 +390,7 @@ impl Agent {
         let (gs, gr) = g.split_at_mut(ks);
         self.rd
             .backward(&self.omega[ks..], &mt[1], &c_r, Some(gr), None);
-        if through {
-            let mut t = self.tapes();
-            self.q_forward(&self.q_target, &s2, n, &mut t);
-            let (_, mut d1, mut d2) =
-                soft_values(t[0].output(), t[1].output(), a, self.cfg.q.alpha);
+        if let (true, Some((_, mut d1, mut d2))) = (through, soft) {
             for ((r1, r2), (cb, m)) in d1
                 .chunks_exact_mut(a)
                 .zip(d2.chunks_exact_mut(a))
@@ -409,8 +415,8 @@ impl Agent {
             // ŝ' = out or s + out: the same gradient reaches the state net's output.
             self.sd
                 .backward(&self.omega[..ks], &mt[0], &ds, Some(gs), None);
-            self.recycle(t);
         }
+        self.recycle(t);
         self.recycle(mt);
         g
     }
@@ -657,11 +663,6 @@ mod tests {
     fn clipped_model_gradient_is_the_finite_difference_gradient() {
         use crate::config::{FuncidAdjoint, FuncidMode, ModelConfig, ModelLearning, QConfig};
         let (s_dim, n) = (4, 32);
-        let quartile_bounds = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            let (lo, hi) = (n / 4, 3 * n / 4);
-            ((v[lo] + v[lo + 1]) / 2.0, (v[hi] + v[hi + 1]) / 2.0)
-        };
         for predict in [Predict::NextState, Predict::Delta] {
             for clip in ["reward", "target"] {
                 let cfg = AgentConfig {
@@ -685,18 +686,19 @@ mod tests {
                     precision: funcrl_bilevel::Precision::F64,
                     action_values: None,
                 };
-                check_clipped_gradient(cfg, clip, s_dim, n, &quartile_bounds);
+                check_clipped_gradient(cfg, clip, s_dim, n);
             }
         }
     }
 
-    fn check_clipped_gradient(
-        cfg: AgentConfig,
-        clip: &str,
-        s_dim: usize,
-        n: usize,
-        quartile_bounds: &dyn Fn(Vec<f64>) -> (f64, f64),
-    ) {
+    /// Bounds halfway between the 25 % / 75 % values of `v` and their neighbours.
+    fn quartile_bounds(mut v: Vec<f64>) -> (f64, f64) {
+        v.sort_by(f64::total_cmp);
+        let (lo, hi) = (v.len() / 4, 3 * v.len() / 4);
+        ((v[lo] + v[lo + 1]) / 2.0, (v[hi] + v[hi + 1]) / 2.0)
+    }
+
+    fn check_clipped_gradient(cfg: AgentConfig, clip: &str, s_dim: usize, n: usize) {
         use rand::{RngExt, SeedableRng};
         let predict = cfg.model.predict;
         let mut agent = Agent::new(cfg, s_dim, 2, &mut StdRng::seed_from_u64(5));
