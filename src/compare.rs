@@ -591,7 +591,7 @@ fn report(
     }
     let with_model: Vec<&AgentStats> = all.iter().filter(|s| !s.model.is_empty()).collect();
     if !with_model.is_empty() {
-        table.push_str("\nWorld models on 2,000 held-out real transitions per run (`funcrl inspect`), mean ± std over seeds: one-step state RMSE, value error |V̄(ŝ′) − V̄(s′)| under the run's own Q̄, error of the Q-learning target |ŷ − y|, open-loop state RMSE 10 steps ahead.\n\n| agent | state RMSE | reward MAE | value MAE | target MAE | open loop, h = 10 |\n|---|---:|---:|---:|---:|---:|\n");
+        table.push_str("\nWorld models on 2,000 held-out real transitions per run (`funcrl inspect`; as the Q step uses them, with the run's clips applied), mean ± std over seeds: one-step state RMSE, value error |V̄(ŝ′) − V̄(s′)| under the run's own Q̄, error of the Q-learning target |ŷ − y|, open-loop state RMSE 10 steps ahead.\n\n| agent | state RMSE | reward MAE | value MAE | target MAE | open loop, h = 10 |\n|---|---:|---:|---:|---:|---:|\n");
         for st in &with_model {
             let col = |f: &dyn Fn(&ModelReport) -> f64| {
                 let (m, s) = mean_std(&st.model.iter().map(f).collect::<Vec<_>>());

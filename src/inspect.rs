@@ -73,7 +73,9 @@ pub fn inspect_run(args: &InspectArgs) -> anyhow::Result<ModelReport> {
         args.seed,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    let report = inspect::inspect(&t.agent, &t.agent, &records, args.horizon);
+    // The model as the run's Q step uses it (its clips applied; the raw model without clips).
+    let model = inspect::AsUsed::new(&t.agent, &t.buffer);
+    let report = inspect::inspect(&model, &t.agent, &records, args.horizon);
     run.write(
         "inspect.json",
         serde_json::to_string_pretty(&report)?.as_bytes(),
@@ -133,8 +135,12 @@ pub fn describe(r: &ModelReport) -> String {
             .get(k - 1)
             .map_or("-".to_string(), |v| format!("{v:.4}"))
     };
+    let clips = match r.clips.is_empty() {
+        true => "none (the raw model)".to_string(),
+        false => r.clips.join(", "),
+    };
     format!(
-        "held-out transitions  {}\nstate RMSE            {:.4}  (per dim: {})\nreward MAE            {:.4}\nvalue MAE |V̄(ŝ′) − V̄(s′)|  {:.4}\ntarget MAE |ŷ − y|    {:.4}\nopen-loop RMSE h=1/5/10/20  {} / {} / {} / {}\n",
+        "held-out transitions  {}\nclips applied         {clips}\nstate RMSE            {:.4}  (per dim: {})\nreward MAE            {:.4}\nvalue MAE |V̄(ŝ′) − V̄(s′)|  {:.4}\ntarget MAE |ŷ − y|    {:.4}\nopen-loop RMSE h=1/5/10/20  {} / {} / {} / {}\n",
         r.transitions,
         r.state_rmse,
         r.state_rmse_per_dim

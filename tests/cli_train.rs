@@ -533,7 +533,28 @@ fn inspect_measures_a_runs_model_and_refuses_what_has_none() {
     assert_eq!(rep["transitions"], 300);
     assert_eq!(rep["open_loop_rmse"].as_array().unwrap().len(), 5);
     assert!(rep["state_rmse"].as_f64().unwrap() > 0.0);
+    assert_eq!(rep["clips"], serde_json::json!([]));
     assert!(dir.join("inspect.png").is_file());
+
+    // A run that clips its model is measured with its clips: CartPole's reward is always 1, so
+    // the clipped reward error is exactly 0 whatever the reward head predicts.
+    let c = config("funcid_full_k2_clip");
+    let mut args = vec!["--config", c.as_str(), "--out", o.as_str()];
+    args.extend_from_slice(SMALL);
+    let dir = run_dir(&train(&args));
+    let r = Command::new(BIN)
+        .args(["inspect", &dir.display().to_string(), "--transitions", "300"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("q.clip_target"));
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("inspect.json")).unwrap()).unwrap();
+    assert_eq!(
+        rep["clips"],
+        serde_json::json!(["model.clip_next_state", "model.clip_reward", "q.clip_target"])
+    );
+    assert_eq!(rep["reward_mae"].as_f64(), Some(0.0));
 
     let m = config("modelfree");
     let mut args = vec!["--config", m.as_str(), "--out", o.as_str()];

@@ -5,12 +5,19 @@
 //! of rolling the model forward h steps along the real actions. The environment itself, driven
 //! through `set_state`/`step`, is the exact model ([`TrueDynamics`]), so every error is against
 //! the true dynamics, and the true dynamics inspected in place of the model scores zero.
+//!
+//! A run that clips its model's outputs (`model.clip_next_state`, `model.clip_reward`) or its
+//! targets (`q.clip_target`) is measured as its Q step uses the model ([`AsUsed`]): the raw heads
+//! of such a run can be far off where the clip makes them irrelevant (a reward head left at 0
+//! that the clip maps to CartPole's constant 1), and reporting them would misread the model.
 
 use funcrl_envs::Env;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
 use crate::agent::Agent;
+use crate::replay::{Batch, ReplayBuffer};
+use crate::targets::value_range;
 use crate::trainer::{ActionMap, make_env, obs_f64, step_with};
 
 /// One real transition with the environment's internal state before it (what `set_state` takes;
@@ -35,6 +42,16 @@ pub trait Dynamics {
     /// Open loop: the predicted observations after each of `actions`, starting from `start`
     /// and feeding the model its own predictions.
     fn rollout(&self, start: &Record, actions: &[usize]) -> Vec<Vec<f64>>;
+
+    /// The interval Q targets built from this model are clipped to (None: not clipped).
+    fn target_range(&self) -> Option<(f64, f64)> {
+        None
+    }
+
+    /// The config keys of the clips applied to the predictions (empty: the raw model).
+    fn clips(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl Dynamics for Agent {
@@ -50,6 +67,83 @@ impl Dynamics for Agent {
                 obs = self.model_predict(&obs, a).0;
                 obs.clone()
             })
+            .collect()
+    }
+}
+
+/// An agent's model as its Q step uses it: ŝ′ and r̂ clipped to the replay buffer's ranges
+/// where the config says so, targets clipped to the value range of the buffer's rewards with
+/// `q.clip_target`. With no clip on, it predicts exactly what the raw model does.
+pub struct AsUsed<'a> {
+    agent: &'a Agent,
+    /// The buffer's ranges, in the batch form the agent's clip functions read.
+    ranges: Batch,
+}
+
+impl<'a> AsUsed<'a> {
+    pub fn new(agent: &'a Agent, buffer: &ReplayBuffer) -> Self {
+        // An empty buffer has no ranges (its bounds are still ±∞ the wrong way round).
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect();
+        let (lo, hi) = buffer.next_range();
+        let ranges = match buffer.is_empty() {
+            true => Batch::default(),
+            false => Batch {
+                next_lo: f64s(lo),
+                next_hi: f64s(hi),
+                reward_range: Some(buffer.reward_range()),
+                ..Batch::default()
+            },
+        };
+        Self { agent, ranges }
+    }
+
+    fn clipped(&self, obs: &[f64], action: usize) -> (Vec<f64>, f64) {
+        let (mut s2, r) = self.agent.model_predict(obs, action);
+        self.agent.clip_next(&self.ranges, &mut s2);
+        let mut r = [r];
+        self.agent.clip_reward(&self.ranges, &mut r);
+        (s2, r[0])
+    }
+}
+
+impl Dynamics for AsUsed<'_> {
+    fn predict(&self, record: &Record, action: usize) -> (Vec<f64>, f64) {
+        self.clipped(&record.obs, action)
+    }
+
+    fn rollout(&self, start: &Record, actions: &[usize]) -> Vec<Vec<f64>> {
+        let mut obs = start.obs.clone();
+        actions
+            .iter()
+            .map(|&a| {
+                obs = self.clipped(&obs, a).0;
+                obs.clone()
+            })
+            .collect()
+    }
+
+    fn target_range(&self) -> Option<(f64, f64)> {
+        let q = &self.agent.cfg.q;
+        let range = self.ranges.reward_range.filter(|_| q.clip_target)?;
+        Some(value_range(range, q.gamma, q.alpha, self.agent.n_actions))
+    }
+
+    fn clips(&self) -> Vec<String> {
+        let c = &self.agent.cfg;
+        let on = [
+            (
+                c.model.clip_next_state && !self.ranges.next_lo.is_empty(),
+                "model.clip_next_state",
+            ),
+            (
+                c.model.clip_reward && self.ranges.reward_range.is_some(),
+                "model.clip_reward",
+            ),
+            (self.target_range().is_some(), "q.clip_target"),
+        ];
+        on.iter()
+            .filter(|(b, _)| *b)
+            .map(|(_, k)| k.to_string())
             .collect()
     }
 }
@@ -151,6 +245,8 @@ pub struct ModelReport {
     pub target_mae: f64,
     /// RMSE of the open-loop prediction h = 1, 2, … steps ahead along the real actions.
     pub open_loop_rmse: Vec<f64>,
+    /// The clips applied, as the run's Q step applies them (empty: the raw model).
+    pub clips: Vec<String>,
 }
 
 /// Measures `model` against held-out `records`, valuing states with `critic`'s target Q̄.
@@ -177,7 +273,9 @@ pub fn inspect(
             (critic.target_value(&s2), critic.target_value(&rec.next_obs))
         };
         v_err += (v_hat - v).abs();
-        y_err += ((r + gamma * m * v_hat) - (rec.reward + gamma * m * v)).abs();
+        // Both targets as the Q step builds them (clipped with `q.clip_target`).
+        let clip = |y: f64| model.target_range().map_or(y, |(lo, hi)| y.clamp(lo, hi));
+        y_err += (clip(r + gamma * m * v_hat) - clip(rec.reward + gamma * m * v)).abs();
     }
     let n = records.len().max(1) as f64;
     let per_dim: Vec<f64> = se.iter().map(|s| (s / n).sqrt()).collect();
@@ -213,6 +311,7 @@ pub fn inspect(
             .filter(|(_, c)| *c > 0)
             .map(|(s, c)| (s / *c as f64).sqrt())
             .collect(),
+        clips: model.clips(),
     }
 }
 
@@ -263,6 +362,52 @@ mod tests {
         }
     }
 
+    /// A run's clips, applied as its Q step applies them: with CartPole's constant reward 1 the
+    /// clipped reward error is exactly 0 whatever the head predicts, every predicted state lies
+    /// in the buffer's range, and targets are clipped to the value range; with no clip on, the
+    /// report equals the raw model's.
+    #[test]
+    fn as_used_applies_the_runs_clips() {
+        let mut t = trainer("CartPole-v1");
+        let env = "CartPole-v1";
+        let actions =
+            ActionMap::new(&funcrl_envs::make(env).unwrap().action_space(), env, None).unwrap();
+        let records = collect(&t.agent, env, &actions, 0.1, 300, 7).unwrap();
+        let raw = inspect(&t.agent, &t.agent, &records, 5);
+        let plain = inspect(&AsUsed::new(&t.agent, &t.buffer), &t.agent, &records, 5);
+        assert_eq!(plain, raw);
+        assert!(raw.clips.is_empty());
+        assert!(raw.reward_mae > 1e-6, "the raw reward head is not exact");
+
+        t.agent.cfg.model.clip_next_state = true;
+        t.agent.cfg.model.clip_reward = true;
+        t.agent.cfg.q.clip_target = true;
+        let used = AsUsed::new(&t.agent, &t.buffer);
+        let r = inspect(&used, &t.agent, &records, 5);
+        assert_eq!(r.reward_mae, 0.0);
+        assert_eq!(
+            r.clips,
+            [
+                "model.clip_next_state",
+                "model.clip_reward",
+                "q.clip_target"
+            ]
+        );
+        let (lo, hi) = t.buffer.next_range();
+        for rec in &records {
+            let (s2, rw) = used.predict(rec, rec.action);
+            assert_eq!(rw, 1.0);
+            for (j, x) in s2.iter().enumerate() {
+                assert!(*x >= lo[j] as f64 && *x <= hi[j] as f64, "{j}: {x}");
+            }
+        }
+        let q = &t.agent.cfg.q;
+        let top = (1.0 + q.gamma * q.alpha * 2f64.ln()) / (1.0 - q.gamma);
+        let (tlo, thi) = used.target_range().unwrap();
+        assert_eq!(tlo, 1.0);
+        assert!((thi - top).abs() < 1e-12, "{thi} vs {top}");
+    }
+
     /// By hand: a model that predicts s′ + 1 in every dimension has state RMSE 1, and its
     /// open-loop error grows by 1 per step when the true dynamics are the identity.
     #[test]
@@ -290,6 +435,7 @@ mod tests {
         };
         let records: Vec<Record> = (0..10).map(rec).collect();
         let r = inspect(&Shift, &t.agent, &records, 3);
+        assert!(r.clips.is_empty());
         assert!((r.state_rmse - 1.0).abs() < 1e-12);
         assert!((r.reward_mae - 0.5).abs() < 1e-12);
         for (h, e) in r.open_loop_rmse.iter().enumerate() {
