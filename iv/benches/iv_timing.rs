@@ -5,6 +5,12 @@
 //!     cargo bench -p funcrl --bench iv_timing -- [n] [iterations] [methods,comma,separated]
 //!
 //! Like the PyTorch peer, the images are random (time only).
+//!
+//! The last column is an arithmetic floor: the matrix products one outer iteration performs
+//! (treatment net forward and backward on the stage-1 rows, instrument net forward and backward
+//! per inner step, and for FuncID per adjoint step on both halves), replayed through the same GEMM
+//! entry point with nothing else. An iteration cannot take less than that on this machine unless
+//! it does less arithmetic.
 
 use std::time::Instant;
 
@@ -12,11 +18,88 @@ use funcrl_bilevel::{BilevelProblem, Ctx, InnerModel};
 use funcrl_iv::data::Matrix;
 use funcrl_iv::generate::IvDataset;
 use funcrl_iv::run::{self, Resolved};
+use funcrl_kernels::Threads;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// (m, k, n) of every product in one forward and one backward of a dense net with layer widths
+/// `dims` on `rows` rows: forward XW, then dW = XᵀG per layer and G·Wᵀ below the first layer (the
+/// input needs no gradient).
+fn net_products(dims: &[usize], rows: usize) -> Vec<(usize, usize, usize)> {
+    let layers: Vec<(usize, usize)> = dims.windows(2).map(|w| (w[0], w[1])).collect();
+    let mut out: Vec<_> = layers.iter().map(|&(i, o)| (rows, i, o)).collect();
+    for (l, &(i, o)) in layers.iter().enumerate().rev() {
+        out.push((i, rows, o));
+        if l > 0 {
+            out.push((rows, o, i));
+        }
+    }
+    out
+}
+
+/// The products of one outer iteration of `m` (DFIV, FuncID-linear and FuncID; None for the
+/// others, whose corrections are not a fixed list of products).
+fn iteration_products(
+    cfg: &run::IvConfig,
+    method: &toml::Value,
+    d_t: usize,
+    d_z: usize,
+    n1: usize,
+    n2: usize,
+) -> Option<Vec<(usize, usize, usize)>> {
+    let net = &cfg.network;
+    let treat: Vec<usize> = std::iter::once(d_t)
+        .chain(net.treatment_hidden.iter().copied())
+        .chain([net.features])
+        .collect();
+    let instr: Vec<usize> = std::iter::once(d_z)
+        .chain(net.instrument_hidden.iter().copied())
+        .chain([
+            net.instrument_features.unwrap_or(net.features),
+            net.features,
+        ])
+        .collect();
+    let adjoint_steps = match method.get("method")?.as_str()? {
+        "dfiv" | "funcid_linear" => 0,
+        "funcid" => method.get("steps")?.as_integer()? as usize,
+        _ => return None,
+    };
+    let mut out = net_products(&treat, n1);
+    for _ in 0..cfg.inner.steps {
+        out.extend(net_products(&instr, n1));
+    }
+    for _ in 0..adjoint_steps {
+        out.extend(net_products(&instr, n1));
+        out.extend(net_products(&instr, n2));
+    }
+    Some(out)
+}
+
+/// Seconds for the products alone (median of `reps`), and their floating-point operations.
+fn gemm_floor(products: &[(usize, usize, usize)], reps: usize) -> (f64, f64) {
+    let len = |a: usize, b: usize| vec![0.5f64; a * b];
+    let bufs: Vec<_> = products
+        .iter()
+        .map(|&(m, k, n)| (len(m, k), len(k, n), len(m, n)))
+        .collect();
+    let mut times = vec![];
+    for _ in 0..reps {
+        let mut bufs = bufs.clone();
+        let t0 = Instant::now();
+        for (&(m, k, n), (a, b, c)) in products.iter().zip(bufs.iter_mut()) {
+            funcrl_kernels::gemm(m, k, n, a, false, b, false, c, 0.0, Threads::Pool);
+        }
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let flops = products
+        .iter()
+        .map(|&(m, k, n)| 2.0 * (m * k * n) as f64)
+        .sum();
+    (median(times), flops)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,13 +131,18 @@ fn main() -> anyhow::Result<()> {
         "deep IV, dSprites-shaped random data, n = {n}, f64, full batch, {iters} outer iterations (median reported)"
     );
     println!(
-        "{:<14} {:>10} {:>12} {:>12} {:>12}",
-        "method", "s/iter", "inner s", "hypergrad s", "φ fwd+bwd s"
+        "{:<14} {:>10} {:>12} {:>12} {:>12} {:>8} {:>14}",
+        "method", "s/iter", "inner s", "hypergrad s", "φ fwd+bwd s", "GFLOP", "GEMM floor s"
     );
     for m in &methods {
         let root = env!("CARGO_MANIFEST_DIR");
         let path = format!("{root}/../configs/iv/dsprites_{m}.toml");
-        let cfg: run::IvConfig = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        let text = std::fs::read_to_string(&path)?;
+        let cfg: run::IvConfig = toml::from_str(&text)?;
+        let method = toml::from_str::<toml::Table>(&text)?
+            .get("method")
+            .cloned()
+            .unwrap_or(toml::Value::Table(Default::default()));
         let Resolved::Deep { solver: scfg, .. } = cfg.resolve()? else {
             anyhow::bail!("{m} is not a deep method");
         };
@@ -87,13 +175,27 @@ fn main() -> anyhow::Result<()> {
             hyper.push((t2 - t1).as_secs_f64());
             phi.push((t3 - t2).as_secs_f64());
         }
+        let floor = iteration_products(
+            &cfg,
+            &method,
+            ds.treatment.cols,
+            ds.instrument.cols,
+            s1.z.dims()[0],
+            s2.z.dims()[0],
+        )
+        .map(|p| gemm_floor(&p, iters));
+        let (gflop, floor_s) = floor.map_or(("-".into(), "-".into()), |(s, f)| {
+            (format!("{:.1}", f / 1e9), format!("{s:.3}"))
+        });
         println!(
-            "{:<14} {:>10.3} {:>12.3} {:>12.3} {:>12.3}",
+            "{:<14} {:>10.3} {:>12.3} {:>12.3} {:>12.3} {:>8} {:>14}",
             m,
             median(total),
             median(inner),
             median(hyper),
-            median(phi)
+            median(phi),
+            gflop,
+            floor_s
         );
     }
     Ok(())
