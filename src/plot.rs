@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::combinators::BindKeyPoints;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
@@ -117,7 +118,10 @@ pub fn curves(
                 .margin(16)
                 .x_label_area_size(48)
                 .y_label_area_size(72)
-                .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+                .build_cartesian_2d(
+                    x0..x1,
+                    (y0..y1).log_scale().with_key_points(log_ticks(y0, y1)),
+                )
                 .map_err(|e| draw_err(e.to_string()))?;
             draw_curves(chart, x_label, y_label, series, &lo_hi, true).map_err(draw_err)?;
         } else {
@@ -136,6 +140,48 @@ pub fn curves(
 }
 
 /// Axis numbers without float noise: 20000 → "20k", 1500000 → "1.5M", 0.25 → "0.25".
+/// Tick values of a log axis over [lo, hi]: 1, 2, 5 × 10^k, or every 1…9 × 10^k when that gives
+/// fewer than four. (plotters' own log ticks can crowd and repeat a label near a power of ten.)
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let inside = |mults: &[f64]| -> Vec<f64> {
+        let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        (k0..=k1)
+            .flat_map(|k| mults.iter().map(move |m| m * 10f64.powi(k)))
+            .filter(|v| *v >= lo && *v <= hi)
+            .collect()
+    };
+    let coarse = inside(&[1.0, 2.0, 5.0]);
+    if coarse.len() >= 4 {
+        return coarse;
+    }
+    let fine = inside(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+    if fine.len() >= 2 {
+        return fine;
+    }
+    // Less than a step of the 1…9 grid (say 150…190): evenly spaced round values.
+    let raw = (hi - lo) / 4.0;
+    let unit = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * unit)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * unit);
+    let first = (lo / step).ceil() as i64;
+    (first..)
+        .map(|i| i as f64 * step)
+        .take_while(|v| *v <= hi)
+        .collect()
+}
+
+/// A tick label: compact numbers, scientific below 10⁻³.
+fn tick_label(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:.0e}")
+    } else {
+        compact(v)
+    }
+}
+
 fn compact(v: f64) -> String {
     let trim = |x: f64| {
         let s = format!("{x:.3}");
@@ -172,13 +218,7 @@ where
         .configure_mesh()
         .x_label_formatter(&|v| compact(*v))
         // Short tick labels on both axes (a log axis's default ones run to 18 digits).
-        .y_label_formatter(&|v| {
-            if *v != 0.0 && v.abs() < 1e-3 {
-                format!("{v:.0e}")
-            } else {
-                compact(*v)
-            }
-        })
+        .y_label_formatter(&|v| tick_label(*v))
         .x_desc(x_label)
         .y_desc(y_label)
         .label_style(("sans-serif", 15))
@@ -309,7 +349,12 @@ pub fn boxes(
                 .margin(16)
                 .x_label_area_size(48)
                 .y_label_area_size(72)
-                .build_cartesian_2d(-0.5..(k as f64 - 0.5), (yr.0 / 1.5..yr.1 * 1.5).log_scale())
+                .build_cartesian_2d(
+                    -0.5..(k as f64 - 0.5),
+                    (yr.0 / 1.5..yr.1 * 1.5)
+                        .log_scale()
+                        .with_key_points(log_ticks(yr.0 / 1.5, yr.1 * 1.5)),
+                )
                 .map_err(|e| draw_err(e.to_string()))?;
             draw_boxes(chart, y_label, groups, true).map_err(draw_err)?;
         } else {
@@ -354,6 +399,7 @@ where
         .disable_x_mesh()
         .x_labels(groups.len() * 2 + 1)
         .x_label_formatter(&label)
+        .y_label_formatter(&|v| tick_label(*v))
         .y_desc(y_label)
         .label_style(("sans-serif", 15))
         .draw()
@@ -463,6 +509,26 @@ mod tests {
             Err(PlotError::Empty(..))
         ));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn log_ticks_are_distinct_round_and_inside() {
+        for (lo, hi) in [(0.8, 45.0), (1.2, 3.9), (150.0, 190.0), (1e-4, 2e3)] {
+            let t = log_ticks(lo, hi);
+            assert!(t.len() >= 2, "{lo}..{hi}: {t:?}");
+            assert!(t.windows(2).all(|w| w[0] < w[1]), "{t:?}");
+            assert!(t.iter().all(|v| *v >= lo && *v <= hi), "{t:?}");
+            let labels: Vec<String> = t.iter().map(|v| tick_label(*v)).collect();
+            let mut uniq = labels.clone();
+            uniq.dedup();
+            assert_eq!(uniq, labels, "repeated label");
+        }
+        assert_eq!(log_ticks(0.8, 45.0), vec![1.0, 2.0, 5.0, 10.0, 20.0]);
+        assert_eq!(log_ticks(1.2, 3.9), vec![2.0, 3.0]);
+        assert_eq!(
+            log_ticks(150.0, 190.0),
+            vec![150.0, 160.0, 170.0, 180.0, 190.0]
+        );
     }
 
     #[test]
