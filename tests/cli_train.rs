@@ -543,7 +543,12 @@ fn inspect_measures_a_runs_model_and_refuses_what_has_none() {
     args.extend_from_slice(SMALL);
     let dir = run_dir(&train(&args));
     let r = Command::new(BIN)
-        .args(["inspect", &dir.display().to_string(), "--transitions", "300"])
+        .args([
+            "inspect",
+            &dir.display().to_string(),
+            "--transitions",
+            "300",
+        ])
         .output()
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -552,7 +557,11 @@ fn inspect_measures_a_runs_model_and_refuses_what_has_none() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("inspect.json")).unwrap()).unwrap();
     assert_eq!(
         rep["clips"],
-        serde_json::json!(["model.clip_next_state", "model.clip_reward", "q.clip_target"])
+        serde_json::json!([
+            "model.clip_next_state",
+            "model.clip_reward",
+            "q.clip_target"
+        ])
     );
     assert_eq!(rep["reward_mae"].as_f64(), Some(0.0));
 
