@@ -54,20 +54,29 @@ pub trait Dynamics {
     }
 }
 
+/// A learned model's open loop: from `start`'s observation, each step fed the previous prediction.
+fn open_loop(
+    start: &Record,
+    actions: &[usize],
+    step: impl Fn(&[f64], usize) -> Vec<f64>,
+) -> Vec<Vec<f64>> {
+    let mut obs = start.obs.clone();
+    actions
+        .iter()
+        .map(|&a| {
+            obs = step(&obs, a);
+            obs.clone()
+        })
+        .collect()
+}
+
 impl Dynamics for Agent {
     fn predict(&self, record: &Record, action: usize) -> (Vec<f64>, f64) {
         self.model_predict(&record.obs, action)
     }
 
     fn rollout(&self, start: &Record, actions: &[usize]) -> Vec<Vec<f64>> {
-        let mut obs = start.obs.clone();
-        actions
-            .iter()
-            .map(|&a| {
-                obs = self.model_predict(&obs, a).0;
-                obs.clone()
-            })
-            .collect()
+        open_loop(start, actions, |obs, a| self.model_predict(obs, a).0)
     }
 }
 
@@ -112,14 +121,7 @@ impl Dynamics for AsUsed<'_> {
     }
 
     fn rollout(&self, start: &Record, actions: &[usize]) -> Vec<Vec<f64>> {
-        let mut obs = start.obs.clone();
-        actions
-            .iter()
-            .map(|&a| {
-                obs = self.clipped(&obs, a).0;
-                obs.clone()
-            })
-            .collect()
+        open_loop(start, actions, |obs, a| self.clipped(obs, a).0)
     }
 
     fn target_range(&self) -> Option<(f64, f64)> {

@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use funcrl_bilevel::{BilevelProblem, Ctx, InnerModel};
+use funcrl_bilevel::{BilevelProblem, Ctx, InnerModel, MethodConfig};
 use funcrl_iv::data::Matrix;
 use funcrl_iv::generate::IvDataset;
 use funcrl_iv::run::{self, Resolved};
@@ -41,11 +41,11 @@ fn net_products(dims: &[usize], rows: usize) -> Vec<(usize, usize, usize)> {
     out
 }
 
-/// The products of one outer iteration of `m` (DFIV, FuncID-linear and FuncID; None for the
-/// others, whose corrections are not a fixed list of products).
+/// The products of one outer iteration (DFIV, FuncID-linear and FuncID; None for the others,
+/// whose corrections are not a fixed list of products).
 fn iteration_products(
     cfg: &run::IvConfig,
-    method: &toml::Value,
+    method: &MethodConfig,
     d_t: usize,
     d_z: usize,
     n1: usize,
@@ -63,9 +63,9 @@ fn iteration_products(
             net.features,
         ])
         .collect();
-    let adjoint_steps = match method.get("method")?.as_str()? {
-        "dfiv" | "funcid_linear" => 0,
-        "funcid" => method.get("steps")?.as_integer()? as usize,
+    let adjoint_steps = match method {
+        MethodConfig::ClosedForm | MethodConfig::FuncidLinear { .. } => 0,
+        MethodConfig::Funcid { steps, .. } => *steps,
         _ => return None,
     };
     let mut out = net_products(&treat, n1);
@@ -137,12 +137,7 @@ fn main() -> anyhow::Result<()> {
     for m in &methods {
         let root = env!("CARGO_MANIFEST_DIR");
         let path = format!("{root}/../configs/iv/dsprites_{m}.toml");
-        let text = std::fs::read_to_string(&path)?;
-        let cfg: run::IvConfig = toml::from_str(&text)?;
-        let method = toml::from_str::<toml::Table>(&text)?
-            .get("method")
-            .cloned()
-            .unwrap_or(toml::Value::Table(Default::default()));
+        let cfg: run::IvConfig = toml::from_str(&std::fs::read_to_string(&path)?)?;
         let Resolved::Deep { solver: scfg, .. } = cfg.resolve()? else {
             anyhow::bail!("{m} is not a deep method");
         };
@@ -177,7 +172,7 @@ fn main() -> anyhow::Result<()> {
         }
         let floor = iteration_products(
             &cfg,
-            &method,
+            &scfg.method,
             ds.treatment.cols,
             ds.instrument.cols,
             s1.z.dims()[0],
