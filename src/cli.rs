@@ -56,7 +56,8 @@ funcrl train --config cartpole_funcid --set total_steps=20000"
     #[command(
         after_help = "Examples:\n  funcrl iv --method 2sls --data d.csv --outcome y --treatment t1,t2 --instrument z1,z2 --exog x1 --format json\n  \
 funcrl iv --config configs/iv/dsprites_funcid.toml --seed 3\n  \
-funcrl iv --config configs/iv/demand_dfiv.toml --set data.rho=0.25 --set iterations=20"
+funcrl iv --config configs/iv/demand_dfiv.toml --set data.rho=0.25 --set iterations=20\n  \
+funcrl iv --resume runs/iv__dsprites__funcid__3__20261201T120000"
     )]
     Iv(crate::iv::IvArgs),
     /// Compare deep IV methods: configs × sizes × seeds → summary table (mean/median/std test

@@ -165,15 +165,23 @@ fn tsls_bad_input_exits_2() {
     }
 }
 
-const TINY: [&str; 10] = [
-    "--set",
-    "iterations=2",
+const TINY_NETS: [&str; 6] = [
     "--set",
     "network.treatment_hidden=[8]",
     "--set",
     "network.instrument_hidden=[8]",
     "--set",
     "network.features=4",
+];
+const TINY: [&str; 10] = [
+    TINY_NETS[0],
+    TINY_NETS[1],
+    TINY_NETS[2],
+    TINY_NETS[3],
+    TINY_NETS[4],
+    TINY_NETS[5],
+    "--set",
+    "iterations=2",
     "--set",
     "eval_every=1",
 ];
@@ -504,6 +512,76 @@ fn iv_bench_writes_summary_and_figures() {
         stderr(&none).contains("no finished runs"),
         "{}",
         stderr(&none)
+    );
+}
+
+/// A bench stopped by SIGTERM mid-run resumes that run from its checkpoint on the rerun (not from
+/// scratch), and its table equals an uninterrupted bench's.
+#[test]
+fn a_stopped_bench_resumes_its_unfinished_run() {
+    let bench = |out: &str| -> Vec<String> {
+        let mut a = vec![
+            "iv-bench",
+            "--configs",
+            "configs/iv/dsprites_funcid.toml",
+            "--seeds",
+            "1",
+            "--sizes",
+            "60",
+            "--out",
+            out,
+        ];
+        a.extend(TINY_NETS);
+        a.extend([
+            "--set",
+            "iterations=400",
+            "--set",
+            "inner.steps=2",
+            "--set",
+            "checkpoint_every=5",
+        ]);
+        a.into_iter().map(String::from).collect()
+    };
+    let whole = funcrl(
+        &bench(&out_dir("bench-whole"))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let out = out_dir("bench-stopped");
+    let child = Command::new(env!("CARGO_BIN_EXE_funcrl"))
+        .args(bench(&out))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let runs = std::path::Path::new(&out).join("runs");
+    let start = std::time::Instant::now();
+    while !std::fs::read_dir(&runs)
+        .is_ok_and(|mut d| d.any(|e| e.unwrap().path().join("checkpoint.h5").is_file()))
+    {
+        assert!(start.elapsed().as_secs() < 60, "no checkpoint after 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let stopped = child.wait_with_output().unwrap();
+    // 400 iterations take far longer than the polling: the signal lands mid-run.
+    assert_eq!(stopped.status.code(), Some(143));
+    let again = funcrl(&bench(&out).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("resumed)"), "{}", stderr(&again));
+    assert_eq!(
+        std::fs::read_dir(&runs).unwrap().count(),
+        1,
+        "no second run directory"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&whole.stdout)
     );
 }
 

@@ -593,43 +593,218 @@ fn concurrent_identical_runs_get_their_own_directories() {
     }
 }
 
-/// SIGTERM ends a deep IV run between iterations with exit 143, saying so in its log.
-#[test]
-fn sigterm_stops_an_iv_run_between_iterations() {
-    let cfg = common::root()
-        .join("configs/iv/dsprites_dfiv.toml")
-        .display()
-        .to_string();
-    let out = tmp("ivsig");
-    let mut args = vec!["iv".to_string(), "--config".into(), cfg];
-    for s in [
-        "data.n=200".to_string(),
-        "iterations=1000000".into(),
-        "network.treatment_hidden=[8]".into(),
-        "network.instrument_hidden=[8]".into(),
-        "network.features=4".into(),
-        "inner.steps=2".into(),
-        format!("out={}", out.display()),
-    ] {
+/// A deep IV run of `config` (configs/iv/) on tiny networks, with `iterations`.
+fn iv_args(config: &str, extra: &[&str], iterations: &str, out: &Path) -> Vec<String> {
+    let cfg = common::root().join("configs/iv").join(config);
+    let mut args = vec![
+        "iv".to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ];
+    let mut sets: Vec<String> = [
+        "data.n=200",
+        "inner.steps=2",
+        "eval_every=2",
+        "checkpoint_every=3",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect();
+    sets.push(format!("iterations={iterations}"));
+    sets.push(format!("out={}", out.display()));
+    for s in sets {
         args.extend(["--set".to_string(), s]);
     }
+    args
+}
+
+/// metrics.csv without its wall-clock column (`seconds`, the sixth).
+fn metrics_without_time(dir: &Path) -> Vec<Vec<String>> {
+    rows(&dir.join("metrics.csv"))
+        .into_iter()
+        .map(|mut r| {
+            r.remove(5);
+            r
+        })
+        .collect()
+}
+
+/// A killed deep IV run resumes from its checkpoint to exactly the numbers of an uninterrupted
+/// run — for every method's carried state (FuncID's adjoint network and optimiser, its own
+/// power-iteration slot in the reference config, AID's warm start, penalty's optimiser, DFIV's
+/// covariate net and optimiser) — whether it was stopped by SIGTERM (checkpoint written where it
+/// stopped) or SIGKILL (the rows after the last periodic checkpoint are dropped and redone).
+#[test]
+fn a_killed_iv_run_resumes_to_the_uninterrupted_numbers() {
+    let tiny = [
+        "network.treatment_hidden=[8]",
+        "network.instrument_hidden=[8]",
+        "network.features=4",
+    ];
+    let covariate = [
+        "network.instrument_hidden=[8]",
+        "network.covariate.hidden=[8]",
+        "network.covariate.steps=2",
+        "network.spectral_norm=true",
+    ];
+    let cases: [(&str, &[&str], i32); 7] = [
+        ("dsprites_dfiv.toml", &tiny, libc::SIGTERM),
+        ("dsprites_funcid.toml", &tiny, libc::SIGKILL),
+        ("dsprites_funcid_reference.toml", &tiny, libc::SIGTERM),
+        ("dsprites_aid.toml", &tiny, libc::SIGKILL),
+        ("dsprites_itd.toml", &tiny, libc::SIGKILL),
+        ("dsprites_penalty.toml", &tiny, libc::SIGTERM),
+        ("demand_dfiv_covariate.toml", &covariate, libc::SIGKILL),
+    ];
+    for (config, extra, signal) in cases {
+        let out = tmp("ivresume");
+        let child = Command::new(BIN)
+            .args(iv_args(config, extra, "1000000", &out.join("a")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let dir = || {
+            std::fs::read_dir(out.join("a"))
+                .ok()
+                .and_then(|mut d| d.next())
+                .map(|e| e.unwrap().path())
+        };
+        // Past the first periodic checkpoint and a few rows beyond it.
+        wait_for(
+            "a checkpoint and more rows",
+            Duration::from_secs(120),
+            || {
+                dir().is_some_and(|d| {
+                    d.join("checkpoint.h5").is_file()
+                        && std::fs::read_to_string(d.join("metrics.csv"))
+                            .is_ok_and(|t| t.lines().count() > 8)
+                })
+            },
+        );
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
+        let r = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        let a = dir().unwrap();
+        if signal == libc::SIGTERM {
+            assert_eq!(r.status.code(), Some(143), "{config}: {err}");
+            assert!(err.contains("checkpoint written"), "{config}: {err}");
+        }
+        // Three iterations more than the killed run had logged (the header is a line too).
+        let n = (rows(&a.join("metrics.csv")).len() - 1 + 3).to_string();
+        let resumed = Command::new(BIN)
+            .args(["iv", "--resume", a.to_str().unwrap(), "--set"])
+            .arg(format!("iterations={n}"))
+            .output()
+            .unwrap();
+        assert!(
+            resumed.status.success(),
+            "{config}: {}",
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        assert!(
+            !a.join("checkpoint.h5").exists(),
+            "{config}: removed once finished"
+        );
+        let whole = Command::new(BIN)
+            .args(iv_args(config, extra, &n, &out.join("b")))
+            .output()
+            .unwrap();
+        let b = run_dir_iv(&whole);
+        let (ra, rb) = (metrics_without_time(&a), metrics_without_time(&b));
+        assert_eq!(
+            (ra.len() - 1).to_string(),
+            n,
+            "{config}: every iteration once"
+        );
+        assert_eq!(ra, rb, "{config}: resumed and uninterrupted runs differ");
+        let mse = |d: &Path| -> serde_json::Value {
+            serde_json::from_str::<serde_json::Value>(
+                &std::fs::read_to_string(d.join("result.json")).unwrap(),
+            )
+            .unwrap()["test_mse"]
+                .clone()
+        };
+        assert_eq!(mse(&a), mse(&b), "{config}");
+        assert!(mse(&a).as_f64().is_some(), "{config}");
+    }
+}
+
+/// The run directory a `funcrl iv` JSON line names.
+fn run_dir_iv(out: &Output) -> PathBuf {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    PathBuf::from(v["run_dir"].as_str().unwrap())
+}
+
+/// A resume refuses a damaged checkpoint and settings that change what the run computes, and
+/// leaves the run directory as it was.
+#[test]
+fn iv_resume_refuses_damaged_checkpoints_and_changed_settings() {
+    let out = tmp("ivrefuse");
+    let tiny = [
+        "network.treatment_hidden=[8]",
+        "network.instrument_hidden=[8]",
+        "network.features=4",
+    ];
     let child = Command::new(BIN)
-        .args(&args)
+        .args(iv_args("dsprites_funcid.toml", &tiny, "1000000", &out))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("a few iterations", Duration::from_secs(60), || {
-        std::fs::read_dir(&out).is_ok_and(|mut d| {
-            d.any(|e| {
-                std::fs::read_to_string(e.unwrap().path().join("metrics.csv"))
-                    .is_ok_and(|t| t.lines().count() > 3)
-            })
-        })
+    let dir = || {
+        std::fs::read_dir(&out)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|e| e.unwrap().path())
+    };
+    wait_for("a checkpoint", Duration::from_secs(60), || {
+        dir().is_some_and(|d| d.join("checkpoint.h5").is_file())
     });
     sigterm(child.id());
-    let r = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap();
+    let d = dir().unwrap();
+    let resume = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["iv", "--resume", d.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let r = resume(&["--set", "outer_optimizer.lr=0.1"]);
+    assert_eq!(r.status.code(), Some(2));
     let err = String::from_utf8_lossy(&r.stderr);
-    assert_eq!(r.status.code(), Some(143), "{err}");
-    assert!(err.contains("stopped by SIGTERM after"), "{err}");
+    assert!(
+        err.contains("--set outer_optimizer.lr cannot change") && err.contains("iterations"),
+        "{err}"
+    );
+    let ckpt = d.join("checkpoint.h5");
+    let before = std::fs::read(&ckpt).unwrap();
+    let metrics = std::fs::read(d.join("metrics.csv")).unwrap();
+    flip(&ckpt, offset(&ckpt, "t:omega") + 16);
+    let r = resume(&["--set", "iterations=2000000"]);
+    assert_eq!(r.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert_eq!(std::fs::read(d.join("metrics.csv")).unwrap(), metrics);
+    assert!(
+        std::fs::read_to_string(d.join("config.toml"))
+            .unwrap()
+            .contains("iterations = 1000000")
+    );
+    // Repaired, it resumes (here with fewer iterations than it already ran: refused too).
+    std::fs::write(&ckpt, &before).unwrap();
+    let r = resume(&["--set", "iterations=1"]);
+    assert_eq!(r.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("raise iterations to continue it"), "{err}");
 }

@@ -9,8 +9,9 @@
 use std::path::Path;
 
 use funcrl_bilevel::Precision;
+pub use funcrl_bilevel::seed::{derive_seed, rng_for};
 use funcrl_envs::{Action, Env, EnvError, MakeOptions, Obs, Space, Step};
-use rand::{RngExt, SeedableRng, rngs::StdRng};
+use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, UpdateStats};
@@ -318,22 +319,6 @@ const STREAM_ACT: u64 = 2;
 const STREAM_SAMPLE: u64 = 3;
 const STREAM_EPISODE: u64 = 4;
 const STREAM_EVAL: u64 = 5;
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A seed derived from (seed, counter, stream); distinct inputs give unrelated seeds.
-pub fn derive_seed(seed: u64, counter: u64, stream: u64) -> u64 {
-    splitmix(splitmix(splitmix(seed) ^ counter) ^ stream.wrapping_mul(0xA24B_AED4_963E_E407))
-}
-
-fn rng_for(seed: u64, counter: u64, stream: u64) -> StdRng {
-    StdRng::seed_from_u64(derive_seed(seed, counter, stream))
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

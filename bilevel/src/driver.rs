@@ -14,7 +14,12 @@ use crate::{
     optim::{Optimizer, OptimizerConfig},
     params::Params,
     problem::BilevelProblem,
+    seed::rng_for,
+    state::State,
 };
+
+/// The method's random stream (FuncID's adjoint draws), one generator per outer iteration.
+const STREAM_METHOD: u64 = 1;
 
 fn default_outer_optimizer() -> OptimizerConfig {
     OptimizerConfig::adam(1e-3)
@@ -56,7 +61,7 @@ pub struct Solver<P: BilevelProblem, M: InnerModel> {
     inner: InnerSolver,
     outer_optimizer: Optimizer,
     method: Box<dyn HypergradientMethod<P, M>>,
-    rng: StdRng,
+    seed: u64,
     iteration: usize,
     inner_ridge: f64,
 }
@@ -64,8 +69,7 @@ pub struct Solver<P: BilevelProblem, M: InnerModel> {
 impl<P: BilevelProblem + 'static, M: InnerModel + 'static> Solver<P, M> {
     /// θ is initialised by the model from `config.seed`.
     pub fn new(ctx: Ctx, problem: P, model: M, omega: Params, config: &SolverConfig) -> Self {
-        let mut rng = StdRng::seed_from_u64(config.seed);
-        let theta = model.init(&ctx, &mut rng);
+        let theta = model.init(&ctx, &mut StdRng::seed_from_u64(config.seed));
         let mut method = config.method.build();
         method.begin(&theta);
         Self {
@@ -78,7 +82,7 @@ impl<P: BilevelProblem + 'static, M: InnerModel + 'static> Solver<P, M> {
             model,
             omega: omega.detached(),
             theta,
-            rng,
+            seed: config.seed,
             iteration: 0,
         }
     }
@@ -116,8 +120,47 @@ impl<P: BilevelProblem + 'static, M: InnerModel + 'static> Solver<P, M> {
             inner,
             outer,
             inner_ridge: self.inner_ridge,
-            rng: &mut self.rng,
+            rng: &mut rng_for(self.seed, self.iteration as u64, STREAM_METHOD),
         })
+    }
+
+    /// Outer iterations taken so far.
+    pub fn iteration(&self) -> usize {
+        self.iteration
+    }
+
+    /// Everything the next outer iteration depends on besides the problem and the model (whose
+    /// own state, e.g. power-iteration vectors, is the caller's): ω, θ, both optimisers, the
+    /// method's carried state and the iteration count (the method's random stream is derived
+    /// from it).
+    pub fn state(&self) -> State {
+        let mut s = State::default();
+        s.put("omega", &self.omega);
+        s.put("theta", &self.theta);
+        s.put_optimizer("inner_optimizer", &self.inner.optimizer);
+        s.put_optimizer("outer_optimizer", &self.outer_optimizer);
+        s.put_number("iteration", self.iteration as f64);
+        self.method.save(&mut s);
+        s
+    }
+
+    /// Restores [`state`](Self::state) into a solver built from the same config; every shape is
+    /// checked against this solver's.
+    pub fn restore(&mut self, s: &State) -> Result<(), BilevelError> {
+        let ctx = &self.ctx;
+        let omega = s.get_like(ctx, "omega", &self.omega)?;
+        let theta = s.get_like(ctx, "theta", &self.theta)?;
+        s.restore_optimizer(ctx, "inner_optimizer", &mut self.inner.optimizer, None)?;
+        s.restore_optimizer(
+            ctx,
+            "outer_optimizer",
+            &mut self.outer_optimizer,
+            Some(&omega),
+        )?;
+        self.method.restore(ctx, s, &theta)?;
+        self.iteration = s.number("iteration")? as usize;
+        (self.omega, self.theta) = (omega, theta);
+        Ok(())
     }
 
     /// One outer iteration: inner steps, total gradient, outer step.

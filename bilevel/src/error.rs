@@ -15,6 +15,8 @@ pub enum BilevelError {
     Singular(&'static str),
     #[error("{0}: a value is not finite (a step too large?); lower the learning rates")]
     NotFinite(&'static str),
+    #[error("the checkpoint does not fit this run: {0}")]
+    State(String),
 }
 
 impl BilevelError {

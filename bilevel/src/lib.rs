@@ -16,6 +16,8 @@ pub mod optim;
 pub mod param_hvp;
 pub mod params;
 pub mod problem;
+pub mod seed;
+pub mod state;
 pub mod toy;
 
 pub use ctx::{Ctx, Precision};
@@ -29,3 +31,4 @@ pub use model::{Activation, Forward, Init, InnerModel, Mlp};
 pub use optim::{Optimizer, OptimizerConfig};
 pub use params::Params;
 pub use problem::{BilevelProblem, check_inner_grad_v, inner_hvp_v};
+pub use state::State;

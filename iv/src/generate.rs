@@ -42,6 +42,12 @@ impl IvDataset {
         ]
     }
 
+    /// CRC-32 of every block (names and values), which a checkpoint stores so that a resume on
+    /// other data is refused.
+    pub fn checksum(&self) -> u64 {
+        crate::data::blocks_checksum(&self.blocks())
+    }
+
     pub fn save(&self, path: &Path) -> hdf5::Result<()> {
         write_hdf5(path, &self.blocks())
     }

@@ -5,6 +5,7 @@
 //! The method and the benchmark protocols are described in the repository's `docs/method.md`
 //! and `docs/protocols.md`. Run directories, plots and the CLI live in the `funcrl` crate.
 
+pub mod checkpoint;
 pub mod data;
 pub mod dsprites;
 pub mod generate;

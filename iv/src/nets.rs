@@ -10,7 +10,7 @@
 use std::cell::{Cell, RefCell};
 
 use burn::tensor::{DType, Tensor, TensorData, activation};
-use funcrl_bilevel::{Ctx, Forward, InnerModel, Params, ctx::to_vec};
+use funcrl_bilevel::{BilevelError, Ctx, Forward, InnerModel, Params, State, ctx::to_vec};
 
 use funcrl_kernels::normed::HostNet;
 pub use funcrl_kernels::normed::{Act, Layer};
@@ -174,6 +174,65 @@ impl Net {
             us[l] = Some(u.detach());
             at += self.per_layer(l);
         }
+    }
+
+    /// The power-iteration vectors of every parameter set into `state` under `prefix`
+    /// (`{prefix}.slot{s}.u{l}`, `[1, widths[l]]`), so that a resumed run normalises with the
+    /// vectors the uninterrupted one would have. Nothing without spectral norm.
+    pub fn save_norm_state(&self, state: &mut State, prefix: &str) {
+        let now = self.slot.get();
+        let parked = self.parked.borrow();
+        let us = self.u.borrow();
+        for slot in 0..parked.len().max(now + 1) {
+            let vectors: &[Option<Tensor<2>>] = if slot == now { &us } else { &parked[slot] };
+            for (l, u) in vectors.iter().enumerate() {
+                if let Some(u) = u {
+                    state.put(
+                        &format!("{prefix}.slot{slot}.u{l}"),
+                        &Params::new(vec![u.clone()]),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Restores what [`save_norm_state`](Self::save_norm_state) put (slot 0 selected, as between
+    /// outer iterations); a slot with no stored vector starts fresh.
+    pub fn restore_norm_state(
+        &self,
+        ctx: &Ctx,
+        state: &State,
+        prefix: &str,
+    ) -> Result<(), BilevelError> {
+        self.select_state(0);
+        let k = self.layers.len();
+        let slots = state
+            .tensors
+            .keys()
+            .filter_map(|name| {
+                let rest = name.strip_prefix(prefix)?.strip_prefix(".slot")?;
+                rest.split('.').next()?.parse::<usize>().ok()
+            })
+            .max()
+            .map_or(1, |s| s + 1);
+        let mut all = Vec::with_capacity(slots);
+        for slot in 0..slots {
+            let mut us = Vec::with_capacity(k);
+            for l in 0..k {
+                let name = format!("{prefix}.slot{slot}.u{l}");
+                let like = Params::new(vec![ctx.zeros2(1, self.widths[l])]);
+                us.push(match state.tensors.contains_key(&name) {
+                    true => Some(state.get_like(ctx, &name, &like)?.0.remove(0)),
+                    false => None,
+                });
+            }
+            all.push(us);
+        }
+        *self.u.borrow_mut() = std::mem::take(&mut all[0]);
+        let mut parked = self.parked.borrow_mut();
+        *parked = all;
+        parked[0] = Vec::new();
+        Ok(())
     }
 
     /// Features (after the last layer's activation) and, with a head, the prediction.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use funcrl_bilevel::inner::solve_head;
 use funcrl_bilevel::{
     BilevelProblem, Ctx, InnerConfig, InnerModel, MethodConfig, Optimizer, OptimizerConfig, Params,
-    Precision, Solver, SolverConfig,
+    Precision, Solver, SolverConfig, State,
 };
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -234,6 +234,12 @@ pub struct IvConfig {
     /// from the last inner solve, fitted at the previous ω.
     #[serde(default = "d_true")]
     pub eval_refit: bool,
+    /// Save the run's state (`checkpoint.h5`) every this many iterations, so that a killed run
+    /// resumes (`funcrl iv --resume RUN_DIR`) to the numbers of an uninterrupted one; 0: never
+    /// (a stop by SIGINT/SIGTERM still saves). Default: `eval_every`. Not part of what a run
+    /// computes, so written to the resolved config only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -664,13 +670,27 @@ impl Iteration {
     }
 }
 
-/// Receives a deep fit's progress: [`begin`](FitObserver::begin) once the networks are built,
-/// then every iteration.
+/// Receives a deep fit's progress: [`begin`](FitObserver::begin) once the networks are built
+/// (and a checkpoint restored), then, after every iteration, its record, a checkpoint when one is
+/// due, and the question whether to go on.
 pub trait FitObserver {
-    fn begin(&mut self) -> anyhow::Result<()> {
+    /// `done`: iterations already taken (a resumed run's).
+    fn begin(&mut self, _done: usize) -> anyhow::Result<()> {
         Ok(())
     }
     fn iteration(&mut self, it: &Iteration) -> anyhow::Result<()>;
+    /// Whether to save the state after `done` iterations (never asked after the last).
+    fn checkpoint_due(&mut self, _done: usize) -> bool {
+        false
+    }
+    /// The state after `done` iterations, to keep (see [`fit_from`] to resume from it).
+    fn checkpoint(&mut self, _done: usize, _state: &State) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// After any checkpoint: an error ends the run here (a stop request).
+    fn proceed(&mut self, _done: usize) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// An observer that keeps nothing.
@@ -697,6 +717,54 @@ pub struct Fit {
 
 /// Fits the configured method on `ds` (first half stage 1, second half stage 2).
 pub fn fit(cfg: &IvConfig, ds: &IvDataset, observer: &mut dyn FitObserver) -> anyhow::Result<Fit> {
+    fit_from(cfg, ds, observer, None)
+}
+
+/// Iterations between checkpoints: `checkpoint_every`, else `eval_every`.
+pub fn checkpoint_interval(cfg: &IvConfig) -> usize {
+    cfg.checkpoint_every.unwrap_or(cfg.eval_every.max(1))
+}
+
+/// Everything the next iteration depends on: the solver's state, the networks' power-iteration
+/// vectors, the covariate optimiser, the time and last evaluation so far, and the data's checksum.
+fn fit_state(
+    solver: &Solver<IvProblem, Net>,
+    cov_opt: Option<&Optimizer>,
+    done: usize,
+    seconds: f64,
+    last: (&[f64], Option<f64>),
+    data_checksum: u64,
+) -> State {
+    let mut st = solver.state();
+    solver.model.save_norm_state(&mut st, "net.instrument");
+    solver.problem.net.save_norm_state(&mut st, "net.treatment");
+    if let Some(c) = &solver.problem.covariate {
+        c.net.save_norm_state(&mut st, "net.covariate");
+    }
+    if let Some(o) = cov_opt {
+        st.put_optimizer("covariate_optimizer", o);
+    }
+    st.put_number("run.done", done as f64);
+    st.put_number("run.seconds", seconds);
+    st.put_number("run.test_mse", last.1.unwrap_or(f64::NAN));
+    if !last.0.is_empty() {
+        st.put(
+            "run.predictions",
+            &Params::new(vec![solver.ctx.tensor2(last.0.to_vec(), 1, last.0.len())]),
+        );
+    }
+    st.put_number("run.data_checksum", data_checksum as f64);
+    st
+}
+
+/// Fits like [`fit`], continuing from a checkpoint's `state` when given (a state saved by a run
+/// of the same config on the same data: anything else is refused, naming what differs).
+pub fn fit_from(
+    cfg: &IvConfig,
+    ds: &IvDataset,
+    observer: &mut dyn FitObserver,
+    resume: Option<&State>,
+) -> anyhow::Result<Fit> {
     let started = Instant::now();
     let solver_cfg = match cfg.resolve()? {
         Resolved::TwoSls => {
@@ -734,7 +802,6 @@ pub fn fit(cfg: &IvConfig, ds: &IvDataset, observer: &mut dyn FitObserver) -> an
     };
     check_network(&cfg.network, &fit_ds)?;
     let (mut solver, s1, s2) = setup(cfg, &solver_cfg, &fit_ds, &ctx);
-    observer.begin()?;
     let inner_ridge = solver_cfg.inner.ridge;
     let evaluate = |solver: &Solver<IvProblem, Net>| -> anyhow::Result<(Vec<f64>, Option<f64>)> {
         let refit = cfg.eval_refit.then_some(inner_ridge);
@@ -755,7 +822,54 @@ pub fn fit(cfg: &IvConfig, ds: &IvDataset, observer: &mut dyn FitObserver) -> an
     let mut last_pred = Vec::new();
     let mut last_mse = None;
     let mut total = 0.0;
-    for it in 0..cfg.iterations {
+    let mut start = 0;
+    // f64 holds the 32-bit checksum exactly.
+    let data_checksum = ds.checksum();
+    if let Some(st) = resume {
+        let bad = |e: funcrl_bilevel::BilevelError| InputError::new(e.to_string());
+        if st.number("run.data_checksum").map_err(bad)? != data_checksum as f64 {
+            return Err(InputError::new(
+                "the checkpoint was saved on other data (its data checksum differs); resume with the config and code that made it",
+            )
+            .into());
+        }
+        solver.restore(st).map_err(bad)?;
+        solver
+            .model
+            .restore_norm_state(&ctx, st, "net.instrument")
+            .map_err(bad)?;
+        solver
+            .problem
+            .net
+            .restore_norm_state(&ctx, st, "net.treatment")
+            .map_err(bad)?;
+        if let Some(c) = &solver.problem.covariate {
+            c.net
+                .restore_norm_state(&ctx, st, "net.covariate")
+                .map_err(bad)?;
+        }
+        if let Some((o, _)) = cov_opt.as_mut() {
+            st.restore_optimizer(&ctx, "covariate_optimizer", o, None)
+                .map_err(bad)?;
+        }
+        start = st.number("run.done").map_err(bad)? as usize;
+        total = st.number("run.seconds").map_err(bad)?;
+        last_mse = Some(st.number("run.test_mse").map_err(bad)?).filter(|m| !m.is_nan());
+        if let Some(p) = st.get(&ctx, "run.predictions").map_err(bad)? {
+            last_pred = p.to_flat();
+        }
+        if start != solver.iteration() || start > cfg.iterations {
+            return Err(InputError::new(format!(
+                "the checkpoint is at iteration {start} (solver {}), past this run's {} iterations; raise iterations to continue it",
+                solver.iteration(),
+                cfg.iterations
+            ))
+            .into());
+        }
+    }
+    observer.begin(start)?;
+    let every = checkpoint_interval(cfg);
+    for it in start..cfg.iterations {
         solver.problem.refresh(&ctx, &solver.omega);
         if !solver_cfg.inner.refresh_every_step {
             solver.model.refresh(&ctx, &solver.theta);
@@ -794,6 +908,27 @@ pub fn fit(cfg: &IvConfig, ds: &IvDataset, observer: &mut dyn FitObserver) -> an
             test_mse: test,
             mean_seconds: total / (it + 1) as f64,
         })?;
+        let done = it + 1;
+        if done < cfg.iterations
+            && ((every > 0 && done.is_multiple_of(every)) || observer.checkpoint_due(done))
+        {
+            let st = fit_state(
+                &solver,
+                cov_opt.as_ref().map(|(o, _)| o),
+                done,
+                total,
+                (&last_pred, last_mse),
+                data_checksum,
+            );
+            // A state holding NaN/Inf never replaces the last good checkpoint.
+            if let Some(name) = st.first_non_finite() {
+                anyhow::bail!(
+                    "iteration {it}: {name} is not finite; run stopped, the last good checkpoint is kept; lower the learning rates"
+                );
+            }
+            observer.checkpoint(done, &st)?;
+        }
+        observer.proceed(done)?;
     }
     Ok(Fit {
         test_mse: last_mse,

@@ -96,12 +96,13 @@ class IvFit:
 
 
 def fit(
-    config: str | os.PathLike,
+    config: str | os.PathLike | None = None,
     data: str | os.PathLike | None = None,
     seed: int | None = None,
     out: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
     quiet: bool = False,
+    resume: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> IvFit:
     """Runs a deep IV config (``funcrl iv --config``) in this process and returns its fit.
@@ -109,13 +110,17 @@ def fit(
     ``config``: a TOML file or a shipped config's name (``"iv/dsprites_funcid"``); ``data``: a
     CSV/HDF5 file in place of the config's generator; overrides as in :func:`funcrl.train`
     (``iterations=20``, ``method__init="linear"``). The run directory is written as by the CLI.
+    ``resume``: a run directory stopped at its checkpoint (Ctrl-C, a kill) to continue instead of
+    ``config``, to the numbers of an uninterrupted run; only ``iterations``, ``eval_every`` and
+    ``checkpoint_every`` may then be overridden.
     """
     res, names, curves, pred = _core.iv_fit(
-        os.fspath(config),
+        None if config is None else os.fspath(config),
         seed,
         None if out is None else os.fspath(out),
         _overrides(overrides, kwargs),
         None if data is None else os.fspath(data),
         quiet,
+        None if resume is None else os.fspath(resume),
     )
     return IvFit(json.loads(res), {n: curves[:, i].copy() for i, n in enumerate(names)}, pred)

@@ -123,35 +123,47 @@ pub fn cli(py: Python<'_>, argv: Vec<String>, child_command: Vec<String>) -> PyR
     detached(py, || Ok(funcrl::cli::main_from(argv)))
 }
 
-/// A deep IV run (`funcrl iv --config`): returns the result as JSON, the per-iteration curves
-/// with their column names and the test predictions `[f, prediction]`.
+/// A deep IV run (`funcrl iv --config`, or `--resume RUN_DIR`): returns the result as JSON, the
+/// per-iteration curves with their column names and the test predictions `[f, prediction]`.
 #[pyfunction]
-#[pyo3(signature = (config, seed=None, out=None, overrides=vec![], data=None, quiet=false))]
-#[allow(clippy::type_complexity)]
+#[pyo3(signature = (config=None, seed=None, out=None, overrides=vec![], data=None, quiet=false, resume=None))]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn iv_fit<'py>(
     py: Python<'py>,
-    config: PathBuf,
+    config: Option<PathBuf>,
     seed: Option<u64>,
     out: Option<PathBuf>,
     overrides: Vec<String>,
     data: Option<PathBuf>,
     quiet: bool,
+    resume: Option<PathBuf>,
 ) -> PyResult<(
     String,
     Vec<String>,
     Bound<'py, PyArray2<f64>>,
     Bound<'py, PyArray2<f64>>,
 )> {
+    if config.is_none() == resume.is_none() {
+        return Err(PyValueError::new_err(
+            "give exactly one of config (a TOML file or a shipped config's name) and resume (a run directory)",
+        ));
+    }
     let (json, curves, pred) = detached(py, || {
-        let cfg = funcrl::iv::run::load(
-            &config,
-            &overrides,
-            seed,
-            None,
-            data.as_deref(),
-            out.as_deref(),
-        )?;
-        let res = funcrl::iv::run::run(&cfg, !quiet)?;
+        let res = match (&config, &resume) {
+            (_, Some(dir)) => funcrl::iv::run::resume(dir, &overrides, !quiet)?,
+            (Some(config), None) => {
+                let cfg = funcrl::iv::run::load(
+                    config,
+                    &overrides,
+                    seed,
+                    None,
+                    data.as_deref(),
+                    out.as_deref(),
+                )?;
+                funcrl::iv::run::run(&cfg, !quiet)?
+            }
+            (None, None) => unreachable!("checked above"),
+        };
         let (curves, pred) = funcrl::iv::run::read_results(&res.run_dir)?;
         Ok((serde_json::to_string(&res)?, curves, pred))
     })?;

@@ -136,6 +136,37 @@ def test_iv_fit_equals_the_command_line(tmp_path):
         funcrl.iv.fit("iv/demand_dfiv", out=tmp_path, quiet=True, method="nope")
 
 
+def test_iv_fit_resumes_a_stopped_run_to_the_uninterrupted_numbers(tmp_path):
+    import signal
+    import time
+
+    sets = ["data.n=300", "eval_every=2", "checkpoint_every=2", "inner.steps=2"]
+    args = [sys.executable, "-m", "funcrl", "iv", "--config", "iv/demand_dfiv", "--out", str(tmp_path / "a")]
+    for s in sets + ["iterations=1000000"]:
+        args += ["--set", s]
+    child = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not list((tmp_path / "a").glob("*/checkpoint.h5")):
+        assert time.time() < deadline, "no checkpoint after 60 s"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 143, err
+    (run_dir,) = (tmp_path / "a").iterdir()
+    with open(run_dir / "metrics.csv") as f:
+        n = sum(1 for _ in f) - 1 + 3
+    resumed = funcrl.iv.fit(resume=run_dir, quiet=True, iterations=n)
+    whole = funcrl.iv.fit(
+        "iv/demand_dfiv", out=tmp_path / "b", quiet=True, iterations=n,
+        data__n=300, eval_every=2, checkpoint_every=2, inner__steps=2,
+    )
+    assert resumed.test_mse == whole.test_mse
+    for name in ("outer_loss", "inner_loss", "grad_norm"):
+        np.testing.assert_array_equal(resumed.curves[name], whole.curves[name])
+    with pytest.raises(ValueError, match="exactly one"):
+        funcrl.iv.fit(out=tmp_path, quiet=True)
+
+
 def test_compare_runs_children_through_python(tmp_path):
     res = funcrl.compare(
         ["cartpole_mle", "cartpole_funcid"], seeds=[0, 1], out=tmp_path / "cmp", jobs=2,

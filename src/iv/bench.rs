@@ -10,6 +10,7 @@ use crate::config::UsageError;
 use crate::iv::run as ivrun;
 use crate::plot::{self, Band};
 use crate::slurm::{self, LaunchArgs, Launcher};
+use funcrl_iv::checkpoint;
 use funcrl_iv::run::IvConfig;
 
 #[derive(Args, Debug)]
@@ -163,30 +164,43 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     (mean, plot::quantile(&s, 0.5), sd)
 }
 
-/// The resolved config without its top-level `out` line: where a run was written is not part
-/// of what it computed, so runs copied in from another bench folder are reused too.
+/// The resolved config without its top-level `out` and `checkpoint_every` lines: where a run was
+/// written and how often it saved are not part of what it computed, so runs copied in from
+/// another bench folder are reused too.
 fn without_out(config: &str) -> String {
     config
         .lines()
-        .filter(|l| !l.starts_with("out = "))
+        .filter(|l| !l.starts_with("out = ") && !l.starts_with("checkpoint_every = "))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Run directories under `root` whose resolved config equals `cfg` (`out` aside), sorted.
+fn same_config(root: &Path, cfg: &IvConfig) -> Vec<PathBuf> {
+    let Some(want) = toml::to_string_pretty(cfg).ok().map(|t| without_out(&t)) else {
+        return vec![];
+    };
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|r| r.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.retain(|d| {
+        std::fs::read_to_string(d.join("config.toml")).is_ok_and(|c| without_out(&c) == want)
+    });
+    dirs
+}
+
+/// An unfinished run of `cfg` under `root` that a kill left with a checkpoint, to resume.
+fn unfinished(root: &Path, cfg: &IvConfig) -> Option<PathBuf> {
+    same_config(root, cfg)
+        .into_iter()
+        .find(|d| !d.join("result.json").exists() && d.join(checkpoint::FILE).is_file())
 }
 
 /// A finished run under `root` (its `result.json` exists) whose resolved config equals `cfg`
 /// (`out` aside).
 fn finished(root: &Path, cfg: &IvConfig) -> Option<ivrun::IvResult> {
-    let want = without_out(&toml::to_string_pretty(cfg).ok()?);
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .ok()?
-        .filter_map(|e| Some(e.ok()?.path()))
-        .collect();
-    dirs.sort();
-    dirs.into_iter().find_map(|d| {
-        let config = std::fs::read_to_string(d.join("config.toml")).ok()?;
-        if without_out(&config) != want {
-            return None;
-        }
+    same_config(root, cfg).into_iter().find_map(|d| {
         let text = std::fs::read_to_string(d.join("result.json")).ok()?;
         let mut r: ivrun::IvResult = serde_json::from_str(&text).ok()?;
         r.run_dir = d;
@@ -304,6 +318,18 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     if finished(&runs_root, &cfg).is_some() {
                         continue;
                     }
+                    let label = format!("{} seed {seed}", groups[gi].label);
+                    if let Some(dir) = unfinished(&runs_root, &cfg) {
+                        tasks.push(slurm::Task {
+                            label,
+                            args: vec![
+                                "iv".to_string(),
+                                "--resume".to_string(),
+                                dir.display().to_string(),
+                            ],
+                        });
+                        continue;
+                    }
                     let mut a = vec![
                         "iv".to_string(),
                         "--config".to_string(),
@@ -319,10 +345,7 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     if let Some(n) = size {
                         a.extend(["--set".to_string(), format!("data.n={n}")]);
                     }
-                    tasks.push(slurm::Task {
-                        label: format!("{} seed {seed}", groups[gi].label),
-                        args: a,
-                    });
+                    tasks.push(slurm::Task { label, args: a });
                 }
             }
         }
@@ -356,7 +379,10 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                         g.label
                     );
                     ran += 1;
-                    (ivrun::run(&cfg, false)?, "ran")
+                    match unfinished(&runs_root, &cfg) {
+                        Some(dir) => (ivrun::resume(&dir, &[], false)?, "resumed"),
+                        None => (ivrun::run(&cfg, false)?, "ran"),
+                    }
                 }
             };
             let m = r.test_mse.unwrap_or(f64::NAN);

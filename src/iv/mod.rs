@@ -60,6 +60,10 @@ pub struct IvArgs {
     /// Root folder of run directories (deep runs) [default: runs].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Continue the deep run in RUN_DIR from its checkpoint.h5 (same numbers as an uninterrupted
+    /// run); --set may change only iterations, eval_every and checkpoint_every.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "method", "data", "seed", "out"])]
+    pub resume: Option<PathBuf>,
 }
 
 fn required<'a, T>(v: &'a Option<T>, flag: &str) -> Result<&'a T, UsageError> {
@@ -69,6 +73,11 @@ fn required<'a, T>(v: &'a Option<T>, flag: &str) -> Result<&'a T, UsageError> {
 
 /// Runs `funcrl iv`.
 pub fn run(args: &IvArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Some(dir) = &args.resume {
+        let res = run::resume(dir, &args.overrides, true)?;
+        writeln!(out, "{}", serde_json::to_string(&res)?)?;
+        return Ok(());
+    }
     if args.method.as_deref() == Some("2sls") && args.config.is_none() {
         return run_2sls(args, out);
     }

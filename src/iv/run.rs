@@ -1,11 +1,13 @@
 //! A deep IV run on disk: the config file with `--set` and flags, a run directory with the
-//! resolved config, `data.h5`, per-iteration `metrics.csv`, `result.json` and `results.h5`
-//! (curves and predictions). The fit itself is `funcrl_iv::run::fit`.
+//! resolved config, `data.h5`, per-iteration `metrics.csv`, `checkpoint.h5` while it runs (so a
+//! killed run resumes), then `result.json` and `results.h5` (curves and predictions). The fit
+//! itself is `funcrl_iv::run::fit_from`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use funcrl_iv::checkpoint::{self, State};
 use funcrl_iv::data::{Matrix, write_hdf5};
 use funcrl_iv::generate::{self, DataConfig, IvDataset};
 use funcrl_iv::run::{Fit, FitObserver, Iteration, IvConfig};
@@ -78,7 +80,8 @@ fn fmt_secs(s: f64) -> String {
 }
 
 /// Writes a deep fit's records into its run directory: `metrics.csv` from the first iteration
-/// on, the progress line in the run's log.
+/// on (a resumed run's rows up to its checkpoint kept), the progress line in the run's log, and
+/// `checkpoint.h5` when one is due or a stop was requested.
 struct RunLog<'a> {
     dir: &'a RunDir,
     name: String,
@@ -87,35 +90,32 @@ struct RunLog<'a> {
     csv: Option<CsvLog>,
     curves: Vec<f64>,
     stop: crate::signals::Stop,
+    /// Iterations of the last checkpoint written (or resumed from).
+    last_checkpoint: Option<usize>,
 }
 
 impl FitObserver for RunLog<'_> {
-    fn begin(&mut self) -> anyhow::Result<()> {
+    fn begin(&mut self, done: usize) -> anyhow::Result<()> {
         let path = self.dir.file("metrics.csv");
-        self.csv = Some(
+        let csv = if done == 0 {
             CsvLog::create(&path, &Iteration::HEADER)?
-                .with_tensorboard(&path, &Iteration::HEADER)?,
-        );
+        } else {
+            // Rows of iterations the checkpoint has not seen (a kill after it) are dropped; the
+            // kept ones go into the final curves.
+            let keep = done as f64 - 0.5;
+            for row in CsvLog::read_strict(&path, &Iteration::HEADER)? {
+                if row[0] < keep {
+                    self.curves.extend(row);
+                }
+            }
+            CsvLog::resume(&path, &Iteration::HEADER, keep)?
+        };
+        self.csv = Some(csv.with_tensorboard(&path, &Iteration::HEADER)?);
         self.dir.tensorboard_config()?;
         Ok(())
     }
 
     fn iteration(&mut self, it: &Iteration) -> anyhow::Result<()> {
-        // SIGINT/SIGTERM end the run between iterations, its logs complete up to there.
-        if let Some(sig) = self.stop.requested() {
-            let message = format!(
-                "stopped by {} after {} of {} iterations; metrics.csv holds them (a deep IV run restarts from the beginning)",
-                crate::signals::name(sig),
-                it.index,
-                self.iterations
-            );
-            self.dir.log(&message)?;
-            return Err(crate::signals::Stopped {
-                signal: sig,
-                message,
-            }
-            .into());
-        }
         let row = it.row();
         if let Some(csv) = self.csv.as_mut() {
             csv.row(&row)?;
@@ -138,6 +138,40 @@ impl FitObserver for RunLog<'_> {
             ))?;
         }
         Ok(())
+    }
+
+    // SIGINT/SIGTERM: save exactly where the run is, then stop (`proceed`).
+    fn checkpoint_due(&mut self, _done: usize) -> bool {
+        self.stop.requested().is_some()
+    }
+
+    fn checkpoint(&mut self, done: usize, state: &State) -> anyhow::Result<()> {
+        checkpoint::write(&self.dir.file(checkpoint::FILE), state)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", checkpoint::FILE))?;
+        self.last_checkpoint = Some(done);
+        Ok(())
+    }
+
+    fn proceed(&mut self, done: usize) -> anyhow::Result<()> {
+        let Some(sig) = self.stop.requested() else {
+            return Ok(());
+        };
+        let message = format!(
+            "stopped by {} after {done} of {} iterations; {}; resume with: funcrl iv --resume {}",
+            crate::signals::name(sig),
+            self.iterations,
+            match self.last_checkpoint {
+                Some(k) if k == done => "checkpoint written".to_string(),
+                _ => "no checkpoint written (checkpoint_every = 0)".to_string(),
+            },
+            self.dir.path().display()
+        );
+        self.dir.log(&message)?;
+        Err(crate::signals::Stopped {
+            signal: sig,
+            message,
+        }
+        .into())
     }
 }
 
@@ -167,21 +201,118 @@ pub fn run(cfg: &IvConfig, progress: bool) -> anyhow::Result<IvResult> {
         .with_context(|| format!("creating a run directory under {}", cfg.out))?;
     ds.save(&dir.file("data.h5"))
         .map_err(|e| anyhow::anyhow!("writing data.h5: {e}"))?;
+    fit_in(&dir, cfg, &method, &ds, progress, None)
+}
+
+/// Settings a resume may change: when the run ends and how it is recorded, not what it computes.
+const RESUMABLE_FIELDS: [&str; 3] = ["iterations", "eval_every", "checkpoint_every"];
+
+/// Continues the deep run in `dir` from its `checkpoint.h5` (same numbers as an uninterrupted
+/// run); `overrides` may change only [`RESUMABLE_FIELDS`] (e.g. more iterations).
+pub fn resume(dir: &Path, overrides: &[String], progress: bool) -> anyhow::Result<IvResult> {
+    for o in overrides {
+        let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k.trim());
+        if !RESUMABLE_FIELDS.contains(&key) {
+            return Err(UsageError::new(format!(
+                "--resume continues the saved config; --set {key} cannot change (allowed: {})",
+                RESUMABLE_FIELDS.join(", ")
+            ))
+            .into());
+        }
+    }
+    let run = RunDir::open(dir).map_err(|e| UsageError::new(e.to_string()))?;
+    let ckpt = run.file(checkpoint::FILE);
+    if !ckpt.is_file() {
+        return Err(UsageError::new(format!(
+            "{} has no {} to resume from{}",
+            dir.display(),
+            checkpoint::FILE,
+            if run.file("result.json").is_file() {
+                " (the run finished; its checkpoint was removed)"
+            } else {
+                ""
+            }
+        ))
+        .into());
+    }
+    let cfg = load(&run.file("config.toml"), overrides, None, None, None, None)?;
+    cfg.check_values()?;
+    // Nothing in the run directory changes until the checkpoint and the log have passed their
+    // checks.
+    let state =
+        checkpoint::read(&ckpt).map_err(|e| UsageError::new(format!("cannot resume: {e}")))?;
+    CsvLog::read_strict(&run.file("metrics.csv"), &Iteration::HEADER)
+        .map_err(|e| UsageError::new(format!("cannot resume: {e}")))?;
+    let done = state
+        .number("run.done")
+        .map_err(|e| UsageError::new(format!("cannot resume: {e}")))?;
+    if done >= cfg.iterations as f64 {
+        return Err(UsageError::new(format!(
+            "the checkpoint is at iteration {done}, iterations = {}: raise iterations to continue it",
+            cfg.iterations
+        ))
+        .into());
+    }
+    let ds = generate::build(&cfg.data, cfg.seed)?;
+    if state.number("run.data_checksum").ok() != Some(ds.checksum() as f64) {
+        return Err(UsageError::new(
+            "cannot resume: the data differ from those the checkpoint was saved on (another data file, or another funcrl version's generator)",
+        )
+        .into());
+    }
+    run.write_config(&cfg)?;
+    let _ = std::fs::remove_file(run.file("result.json"));
+    let method = cfg.method_name();
+    run.log(&format!(
+        "resumed from {} at iteration {done} (code {})",
+        checkpoint::FILE,
+        crate::rundir::code_version()
+    ))?;
+    fit_in(&run, &cfg, &method, &ds, progress, Some(&state))
+}
+
+/// The fit with its records in `dir`; on success the result files are written and the checkpoint
+/// removed (the run is complete; `results.h5` holds its curves and predictions).
+fn fit_in(
+    dir: &RunDir,
+    cfg: &IvConfig,
+    method: &str,
+    ds: &IvDataset,
+    progress: bool,
+    state: Option<&State>,
+) -> anyhow::Result<IvResult> {
     let mut log = RunLog {
-        dir: &dir,
-        name: method.clone(),
+        dir,
+        name: method.to_string(),
         iterations: cfg.iterations,
         progress,
         csv: None,
         curves: Vec::new(),
         stop: crate::signals::Stop::install()?,
+        last_checkpoint: state.and_then(|s| s.number("run.done").ok().map(|d| d as usize)),
     };
-    let fit = funcrl_iv::run::fit(cfg, &ds, &mut log)?;
+    let fit = match funcrl_iv::run::fit_from(cfg, ds, &mut log, state) {
+        Ok(f) => f,
+        Err(e) if e.downcast_ref::<crate::signals::Stopped>().is_some() => return Err(e),
+        Err(e) => {
+            let kept = match log.last_checkpoint {
+                Some(k) => format!(
+                    "the last good checkpoint (iteration {k}) is kept in {}",
+                    dir.file(checkpoint::FILE).display()
+                ),
+                None => "no checkpoint was written before it".to_string(),
+            };
+            dir.log(&format!("error: {e:#}; {kept}"))?;
+            return Err(e.context(kept));
+        }
+    };
     let curves = std::mem::take(&mut log.curves);
     if let Some(t) = &fit.tsls {
         dir.write("tsls.json", serde_json::to_string_pretty(t)?.as_bytes())?;
     }
-    finish(&dir, cfg, &method, &ds, &fit, &curves)
+    let res = finish(dir, cfg, method, ds, &fit, &curves)?;
+    let _ = std::fs::remove_file(dir.file(checkpoint::FILE));
+    Ok(res)
 }
 
 fn finish(

@@ -3,12 +3,14 @@ use super::{
     profile::Profile,
 };
 use crate::{
+    ctx::Ctx,
     error::BilevelError,
     linalg::{conjugate_gradient, neumann},
     model::InnerModel,
     param_hvp::{cross, hvp},
     params::Params,
     problem::BilevelProblem,
+    state::State,
 };
 
 /// How AID approximates q = (H_θθ + δI)⁻¹ ∇_θ L_out.
@@ -53,6 +55,18 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Aid {
             AidSolver::Identity => "identity",
             _ => "aid",
         }
+    }
+
+    // The warm start q; its shapes are θ's, or the feature network's alone with `eliminate_head`.
+    fn save(&self, state: &mut State) {
+        if let Some(q) = &self.previous {
+            state.put("method.previous", q);
+        }
+    }
+
+    fn restore(&mut self, ctx: &Ctx, state: &State, _theta: &Params) -> Result<(), BilevelError> {
+        self.previous = state.get(ctx, "method.previous")?;
+        Ok(())
     }
 
     fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {

@@ -6,12 +6,13 @@ use super::{
     outer_value_and_grad_v, total_from_adjoint,
 };
 use crate::{
-    ctx::{scalar, to_vec},
+    ctx::{Ctx, scalar, to_vec},
     error::BilevelError,
     model::InnerModel,
     optim::{Optimizer, OptimizerConfig},
     params::Params,
     problem::{BilevelProblem, inner_hvp_v},
+    state::State,
 };
 
 /// Where the adjoint network ψ starts.
@@ -91,6 +92,23 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for FuncId {
 
     fn begin(&mut self, theta0: &Params) {
         self.theta0 = Some(theta0.detached());
+    }
+
+    // θ₀ is not saved: `begin` sees it again when the solver is rebuilt from the config.
+    fn save(&self, state: &mut State) {
+        if let Some(psi) = &self.psi {
+            state.put("method.psi", psi);
+        }
+        state.put_optimizer("method.optimizer", &self.optimizer);
+    }
+
+    fn restore(&mut self, ctx: &Ctx, state: &State, theta: &Params) -> Result<(), BilevelError> {
+        self.psi = if state.tensors.contains_key("method.psi") {
+            Some(state.get_like(ctx, "method.psi", theta)?)
+        } else {
+            None
+        };
+        state.restore_optimizer(ctx, "method.optimizer", &mut self.optimizer, Some(theta))
     }
 
     fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {

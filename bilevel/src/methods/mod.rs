@@ -27,6 +27,7 @@ use crate::{
     optim::OptimizerConfig,
     params::Params,
     problem::BilevelProblem,
+    state::State,
 };
 
 /// Everything a method may read at the current outer iterate. `theta` is mutable because ITD's
@@ -92,6 +93,16 @@ pub trait HypergradientMethod<P: BilevelProblem, M: InnerModel> {
     /// Told the inner model's initial parameters θ₀ before the first inner solve (FuncID's
     /// adjoint may start as a copy of them). Default: ignored.
     fn begin(&mut self, _theta0: &Params) {}
+
+    /// Puts what the method carries from one outer iteration to the next (warm starts, its own
+    /// optimiser) into `state`, under `method.`. Default: nothing.
+    fn save(&self, _state: &mut State) {}
+
+    /// Restores what [`save`](Self::save) put; `theta` has the inner model's shapes. Default:
+    /// nothing.
+    fn restore(&mut self, _ctx: &Ctx, _state: &State, _theta: &Params) -> Result<(), BilevelError> {
+        Ok(())
+    }
 }
 
 fn default_true() -> bool {

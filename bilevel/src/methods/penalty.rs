@@ -1,7 +1,7 @@
 use super::{HyperInput, Hypergradient, HypergradientMethod, outer_param_grads, profile::Profile};
 use crate::{
-    error::BilevelError, inner::inner_grad_theta, model::InnerModel, optim::Optimizer,
-    param_hvp::cross, params::Params, problem::BilevelProblem,
+    ctx::Ctx, error::BilevelError, inner::inner_grad_theta, model::InnerModel, optim::Optimizer,
+    param_hvp::cross, params::Params, problem::BilevelProblem, state::State,
 };
 
 /// Single-level penalty.
@@ -24,6 +24,16 @@ pub struct Penalty {
 impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for Penalty {
     fn name(&self) -> &'static str {
         "penalty"
+    }
+
+    // The optimiser that moves u with `eliminate_head` (its moments have the feature network's
+    // shapes).
+    fn save(&self, state: &mut State) {
+        state.put_optimizer("method.network", &self.network);
+    }
+
+    fn restore(&mut self, ctx: &Ctx, state: &State, _theta: &Params) -> Result<(), BilevelError> {
+        state.restore_optimizer(ctx, "method.network", &mut self.network, None)
     }
 
     fn total_gradient(&mut self, i: HyperInput<'_, P, M>) -> Result<Hypergradient, BilevelError> {
