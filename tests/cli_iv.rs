@@ -571,6 +571,14 @@ fn a_stopped_bench_resumes_its_unfinished_run() {
     let stopped = child.wait_with_output().unwrap();
     // 400 iterations take far longer than the polling: the signal lands mid-run.
     assert_eq!(stopped.status.code(), Some(143));
+    // Through Slurm the unfinished run is one task that resumes it (--dry-run: the script only).
+    let mut dry = bench(&out);
+    dry.extend(["--launcher", "slurm", "--dry-run"].map(String::from));
+    let o = funcrl(&dry.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script =
+        std::fs::read_to_string(std::path::Path::new(&out).join("slurm/sweep.sbatch")).unwrap();
+    assert!(script.contains("'iv' '--resume'"), "{script}");
     let again = funcrl(&bench(&out).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(again.status.success(), "{}", stderr(&again));
     assert!(stderr(&again).contains("resumed)"), "{}", stderr(&again));
