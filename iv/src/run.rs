@@ -923,12 +923,15 @@ pub fn fit_from(
             // A state holding NaN/Inf never replaces the last good checkpoint.
             if let Some(name) = st.first_non_finite() {
                 anyhow::bail!(
-                    "iteration {it}: {name} is not finite; run stopped, the last good checkpoint is kept; lower the learning rates"
+                    "iteration {it}: {name} is not finite (not saved); lower the learning rates"
                 );
             }
             observer.checkpoint(done, &st)?;
         }
-        observer.proceed(done)?;
+        // A stop request after the last iteration lets the run finish.
+        if done < cfg.iterations {
+            observer.proceed(done)?;
+        }
     }
     Ok(Fit {
         test_mse: last_mse,

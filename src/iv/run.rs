@@ -162,7 +162,7 @@ impl FitObserver for RunLog<'_> {
             self.iterations,
             match self.last_checkpoint {
                 Some(k) if k == done => "checkpoint written".to_string(),
-                _ => "no checkpoint written (checkpoint_every = 0)".to_string(),
+                _ => "no checkpoint written".to_string(),
             },
             self.dir.path().display()
         );
