@@ -571,6 +571,15 @@ fn a_stopped_bench_resumes_its_unfinished_run() {
     let stopped = child.wait_with_output().unwrap();
     // 400 iterations take far longer than the polling: the signal lands mid-run.
     assert_eq!(stopped.status.code(), Some(143));
+    // --collect names the unfinished run instead of silently leaving it out.
+    let mut collect = bench(&out);
+    collect.push("--collect".into());
+    let o = funcrl(&collect.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        stderr(&o).contains("1 unfinished run(s) with a checkpoint"),
+        "{}",
+        stderr(&o)
+    );
     // Through Slurm the unfinished run is one task that resumes it (--dry-run: the script only).
     let mut dry = bench(&out);
     dry.extend(["--launcher", "slurm", "--dry-run"].map(String::from));

@@ -359,6 +359,8 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // Seed-major: a bench stopped early has about as many seeds of every method.
     let total = (args.seeds - args.first_seed) as usize * groups.len();
     let (mut done, mut ran, started) = (0usize, 0usize, std::time::Instant::now());
+    // Runs a collect skips that a kill left with a checkpoint (a run would resume them).
+    let mut paused = Vec::new();
     for seed in args.first_seed..args.seeds {
         for (g, base) in groups.iter_mut().zip(&bases) {
             let mut cfg = base.clone();
@@ -366,7 +368,12 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             done += 1;
             let (r, how) = match finished(&runs_root, &cfg) {
                 Some(r) => (r, "reused"),
-                None if collect => continue,
+                None if collect => {
+                    if let Some(dir) = unfinished(&runs_root, &cfg) {
+                        paused.push(dir);
+                    }
+                    continue;
+                }
                 None => {
                     let eta = if ran > 0 {
                         let per = started.elapsed().as_secs_f64() / ran as f64;
@@ -398,6 +405,17 @@ pub fn run(args: &IvBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     if args.no_summary {
         return Ok(());
+    }
+    if !paused.is_empty() {
+        eprintln!(
+            "[iv-bench] {} unfinished run(s) with a checkpoint, not in the summary (the same command without --collect resumes them): {}",
+            paused.len(),
+            paused
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     groups.retain(|g| !g.mse.is_empty());
     if groups.is_empty() {
