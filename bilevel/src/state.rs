@@ -114,17 +114,20 @@ impl State {
         like: Option<&Params>,
     ) -> Result<(), BilevelError> {
         let t = self.number(&format!("{prefix}.t"))?;
-        let (m, v) = (format!("{prefix}.m"), format!("{prefix}.v"));
-        let moments = match (self.tensors.contains_key(&m), like) {
-            (false, _) => None,
-            (true, Some(like)) => {
-                Some((self.get_like(ctx, &m, like)?, self.get_like(ctx, &v, like)?))
+        let get = |name: &str| match like {
+            Some(like) if self.tensors.contains_key(name) => {
+                self.get_like(ctx, name, like).map(Some)
             }
-            (true, None) => Some((
-                self.get(ctx, &m)?.expect("checked"),
-                self.get(ctx, &v)?
-                    .ok_or_else(|| BilevelError::State(format!("{v} is missing")))?,
-            )),
+            _ => self.get(ctx, name),
+        };
+        let moments = match (get(&format!("{prefix}.m"))?, get(&format!("{prefix}.v"))?) {
+            (Some(m), Some(v)) => Some((m, v)),
+            (None, None) => None,
+            _ => {
+                return Err(BilevelError::State(format!(
+                    "{prefix}: one of its two Adam moments is missing"
+                )));
+            }
         };
         opt.set_state(moments, t as i32);
         Ok(())

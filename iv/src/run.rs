@@ -757,6 +757,26 @@ fn fit_state(
     st
 }
 
+/// Whether a checkpoint's `state` can continue a run of `cfg` on `ds`: saved on the same data and
+/// before `cfg.iterations`. Returns the iterations it has done.
+pub fn check_resume(cfg: &IvConfig, ds: &IvDataset, state: &State) -> Result<usize, InputError> {
+    let bad = |e: funcrl_bilevel::BilevelError| InputError::new(e.to_string());
+    // f64 holds the 32-bit checksum exactly.
+    if state.number("run.data_checksum").map_err(bad)? != ds.checksum() as f64 {
+        return Err(InputError::new(
+            "the checkpoint was saved on other data (its data checksum differs: another data file, or another funcrl version's generator); resume with the config and code that made it",
+        ));
+    }
+    let done = state.number("run.done").map_err(bad)?;
+    if done >= cfg.iterations as f64 {
+        return Err(InputError::new(format!(
+            "the checkpoint is at iteration {done}, iterations = {}: raise iterations to continue it",
+            cfg.iterations
+        )));
+    }
+    Ok(done as usize)
+}
+
 /// Fits like [`fit`], continuing from a checkpoint's `state` when given (a state saved by a run
 /// of the same config on the same data: anything else is refused, naming what differs).
 pub fn fit_from(
@@ -823,16 +843,10 @@ pub fn fit_from(
     let mut last_mse = None;
     let mut total = 0.0;
     let mut start = 0;
-    // f64 holds the 32-bit checksum exactly.
     let data_checksum = ds.checksum();
     if let Some(st) = resume {
+        start = check_resume(cfg, ds, st)?;
         let bad = |e: funcrl_bilevel::BilevelError| InputError::new(e.to_string());
-        if st.number("run.data_checksum").map_err(bad)? != data_checksum as f64 {
-            return Err(InputError::new(
-                "the checkpoint was saved on other data (its data checksum differs); resume with the config and code that made it",
-            )
-            .into());
-        }
         solver.restore(st).map_err(bad)?;
         solver
             .model
@@ -852,17 +866,15 @@ pub fn fit_from(
             st.restore_optimizer(&ctx, "covariate_optimizer", o, None)
                 .map_err(bad)?;
         }
-        start = st.number("run.done").map_err(bad)? as usize;
         total = st.number("run.seconds").map_err(bad)?;
         last_mse = Some(st.number("run.test_mse").map_err(bad)?).filter(|m| !m.is_nan());
         if let Some(p) = st.get(&ctx, "run.predictions").map_err(bad)? {
             last_pred = p.to_flat();
         }
-        if start != solver.iteration() || start > cfg.iterations {
+        if start != solver.iteration() {
             return Err(InputError::new(format!(
-                "the checkpoint is at iteration {start} (solver {}), past this run's {} iterations; raise iterations to continue it",
-                solver.iteration(),
-                cfg.iterations
+                "the checkpoint is damaged: run.done = {start} but the solver's iteration is {}",
+                solver.iteration()
             ))
             .into());
         }

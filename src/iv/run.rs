@@ -243,23 +243,9 @@ pub fn resume(dir: &Path, overrides: &[String], progress: bool) -> anyhow::Resul
         checkpoint::read(&ckpt).map_err(|e| UsageError::new(format!("cannot resume: {e}")))?;
     CsvLog::read_strict(&run.file("metrics.csv"), &Iteration::HEADER)
         .map_err(|e| UsageError::new(format!("cannot resume: {e}")))?;
-    let done = state
-        .number("run.done")
-        .map_err(|e| UsageError::new(format!("cannot resume: {e}")))?;
-    if done >= cfg.iterations as f64 {
-        return Err(UsageError::new(format!(
-            "the checkpoint is at iteration {done}, iterations = {}: raise iterations to continue it",
-            cfg.iterations
-        ))
-        .into());
-    }
     let ds = generate::build(&cfg.data, cfg.seed)?;
-    if state.number("run.data_checksum").ok() != Some(ds.checksum() as f64) {
-        return Err(UsageError::new(
-            "cannot resume: the data differ from those the checkpoint was saved on (another data file, or another funcrl version's generator)",
-        )
-        .into());
-    }
+    let done = funcrl_iv::run::check_resume(&cfg, &ds, &state)
+        .map_err(|e| UsageError::new(format!("cannot resume: {e}")))?;
     run.write_config(&cfg)?;
     let _ = std::fs::remove_file(run.file("result.json"));
     let method = cfg.method_name();
