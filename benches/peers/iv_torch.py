@@ -1,21 +1,25 @@
 """PyTorch peer for funcrl's deep-IV timing bench (`cargo bench -p funcrl-iv --bench iv_timing`).
 
-Times whole outer iterations of two methods on dSprites-shaped data, CPU, float64, full batch:
+Times whole outer iterations of three methods on dSprites-shaped data, CPU, float64, full batch:
 
   dfiv           stage-2 ridge loss differentiated with autograd through both closed-form ridge
                  solves (stage 1 and stage 2) and the treatment network;
   funcid_linear  the same inner solve, then the outer gradient with respect to the stage-1
                  predictions, a linear adjoint on the instrument features solved in closed form,
-                 and one backward of the cross term through the treatment network.
+                 and one backward of the cross term through the treatment network;
+  funcid         as funcid_linear, but the adjoint is a network: a copy of the instrument network
+                 with the linear adjoint as its head (configs/iv/dsprites_funcid.toml's
+                 init = "linear"), trained by ADJOINT_STEPS Adam steps on the adjoint objective
+                 over both halves before the cross term is taken at its stage-1 outputs.
 
-Both share the inner solve: 20 Adam steps on the instrument network, whose stage-1 loss is
+All three share the inner solve: 20 Adam steps on the instrument network, whose stage-1 loss is
 differentiated through the closed-form ridge head, followed by writing the exact head.
 
 The data are random (only time matters): n rows split 50/50 into stage-1 and stage-2 halves,
 treatments of 4096 "pixels", instruments of 3 values, a scalar outcome.
 
 Usage:   python3 iv_torch.py [n] [iters] [methods] [--separate-forward]
-         n = 5000, iters = 3, methods = dfiv,funcid_linear by default.
+         n = 5000, iters = 3, methods = dfiv,funcid_linear,funcid by default.
 
 By default the treatment net runs once per outer iteration with its graph kept: the inner steps use
 its detached output and the outer backward reuses the graph (as funcrl does). --separate-forward
@@ -26,6 +30,7 @@ Output (one line per item, whitespace separated, easy to parse):
     iter_s <method> <t1> <t2> ...
     median_s <method> <median>
 """
+import copy
 import statistics
 import sys
 import time
@@ -44,6 +49,8 @@ LR = 1e-3
 WEIGHT_DECAY = 0.1
 RIDGE1 = 0.1  # stage-1 ridge, on the row-mean loss (= 0.1 * N1 on the summed loss)
 RIDGE2 = 0.1  # stage-2 ridge, same convention
+ADJOINT_STEPS = 20  # FuncID's network adjoint: Adam steps per outer iteration
+ADJOINT_LR = 1e-5
 
 
 def sn_linear(d_in, d_out):
@@ -146,31 +153,78 @@ def dfiv_iteration(p, separate):
     p.outer_step(loss)
 
 
-def funcid_linear_iteration(p, separate):
-    phi_fixed, phi = treatment_features(p, separate)
-    f1, f2 = p.inner_solve(phi_fixed)
-    # Outer gradient D = dL_out/dv at the stage-2 predictions v2 = [psi(z2), 1] W, with the stage-2
-    # ridge weights held at their optimum (envelope theorem: same gradient as the profiled loss).
+def outer_grad_and_linear_adjoint(p, f1, f2):
+    """D = dL_out/dv at the stage-2 predictions v2 = [psi(z2), 1] W, with the stage-2 ridge weights
+    held at their optimum (envelope theorem: same gradient as the profiled loss), and the linear
+    adjoint's head V: the inner loss 1/2 mean||v - phi||^2 has curvature 1/n1, so
+    (F1^T F1 / n1 + lam I) V = -F2^T D."""
     v2 = (f2 @ p.head).requires_grad_(True)
     design = with_bias(v2)
     with torch.no_grad():
         u = ridge(design, p.y2, RIDGE2)
     outer = ((p.y2 - design @ u) ** 2).mean() + RIDGE2 * (u ** 2).sum()
     (d,) = torch.autograd.grad(outer, v2)
-    # Linear adjoint a(z) = [psi(z), 1] V: the inner loss 1/2 mean||v - phi||^2 has curvature 1/n1,
-    # so (F1^T F1 / n1 + lam I) V = -F2^T D.
     n1, q = f1.shape
     v = torch.linalg.solve(f1.T @ f1 / n1 + RIDGE1 * torch.eye(q), -(f2.T @ d))
-    a1 = f1 @ v
+    return d, v
+
+
+def cross_term_step(p, phi, a1):
+    """Total gradient: d/d omega of mean <v1 - phi_omega(t1), a1> with v1 and a1 fixed; L_out does
+    not depend on omega directly here."""
     if phi is None:
         phi = p.treat(p.t1)
-    # Total gradient: d/d omega of mean <v1 - phi_omega(t1), a1> with v1 and a1 fixed; L_out does
-    # not depend on omega directly here.
-    cross = -(phi * a1).sum() / n1
+    cross = -(phi * a1).sum() / a1.shape[0]
     p.outer_step(cross)
 
 
-METHODS = {"dfiv": dfiv_iteration, "funcid_linear": funcid_linear_iteration}
+def funcid_linear_iteration(p, separate):
+    phi_fixed, phi = treatment_features(p, separate)
+    f1, f2 = p.inner_solve(phi_fixed)
+    _, v = outer_grad_and_linear_adjoint(p, f1, f2)
+    cross_term_step(p, phi, f1 @ v)
+
+
+class NetworkAdjoint(nn.Module):
+    """a(z) = [psi_a(z), 1] V: a copy of the instrument network's feature layers with a linear
+    head, both trained."""
+
+    def __init__(self, features, head):
+        super().__init__()
+        self.features = features
+        self.head = nn.Parameter(head.detach().clone())
+
+    def forward(self, z):
+        return with_bias(self.features(z)) @ self.head
+
+
+def funcid_iteration(p, separate):
+    phi_fixed, phi = treatment_features(p, separate)
+    f1, f2 = p.inner_solve(phi_fixed)
+    d, v = outer_grad_and_linear_adjoint(p, f1, f2)
+    # Started every iteration at the linear adjoint on the current features, with a fresh Adam.
+    adjoint = NetworkAdjoint(copy.deepcopy(p.inst), v)
+    opt = torch.optim.Adam(adjoint.parameters(), lr=ADJOINT_LR, weight_decay=WEIGHT_DECAY)
+    n1 = f1.shape[0]
+    z = torch.cat([p.z1, p.z2])  # both halves in one forward (LayerNorm is per row)
+    for _ in range(ADJOINT_STEPS):
+        a = adjoint(z)
+        a1, a2 = a[:n1], a[n1:]
+        # J(a) = 1/2 mean_1 ||a||^2 (curvature 1/n1 of the inner loss) + sum_2 <a, D>.
+        loss = 0.5 * (a1 ** 2).sum() / n1 + (a2 * d).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        a1 = adjoint(p.z1)
+    cross_term_step(p, phi, a1)
+
+
+METHODS = {
+    "dfiv": dfiv_iteration,
+    "funcid_linear": funcid_linear_iteration,
+    "funcid": funcid_iteration,
+}
 
 
 def main(argv):
