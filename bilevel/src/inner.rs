@@ -115,7 +115,7 @@ pub fn inner_grad_theta<P: BilevelProblem, M: InnerModel>(
     // A model with its own gradient route: ∂L_in/∂v by a backward of L_in alone (v a leaf: one
     // evaluation of the loss serves its value and its gradient), then the ridge on the head.
     let mut value = 0.0;
-    let fused = model.grad_through(theta, x, &mut |v| {
+    let fused = model.grad_through(theta, x, None, &mut |v| {
         let v = Params::new(vec![v]).tracked();
         let loss = problem.inner_loss(&om, v.0[0].clone(), batch);
         value = scalar(loss.clone().detach());

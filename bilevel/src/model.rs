@@ -4,7 +4,10 @@ use burn::tensor::{Tensor, activation};
 use rand::{RngExt, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::{ctx::Ctx, params::Params};
+use crate::{
+    ctx::{Ctx, Precision},
+    params::Params,
+};
 
 /// Output of a forward pass: the last hidden features and the prediction v = features·W + b.
 pub struct Forward {
@@ -25,11 +28,14 @@ pub trait InnerModel {
     /// ∇_θ Σ_b ⟨h_θ(x_b), g_b⟩ with g = `dv(h_θ(x))`, for a model with a faster route than burn's
     /// backward (a fused host kernel): it makes its forward, hands the prediction to `dv` (which
     /// returns ∂L/∂v, detached) and returns the parameter gradient, detached, in `θ`'s order.
+    /// `arith`: the precision the route computes in (`None`: the tensors' own); inputs and results
+    /// keep the tensors' precision, so f32 arithmetic in an f64 run only rounds this product.
     /// `None` (default): the solver differentiates the forward with burn's autodiff.
     fn grad_through(
         &self,
         _theta: &Params,
         _x: &Tensor<2>,
+        _arith: Option<Precision>,
         _dv: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
     ) -> Option<Params> {
         None

@@ -897,6 +897,7 @@ fn funcid_adjoint_options_keep_the_estimate() {
         curvature_scale: kappa,
         own_norm_state: false,
         log_cosine: true,
+        adjoint_precision: None,
     };
     for kappa in [1.0, 4.0] {
         let hg = hyper_with(

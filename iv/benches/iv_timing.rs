@@ -8,17 +8,17 @@
 //!
 //! The last column is an arithmetic floor: the matrix products one outer iteration performs
 //! (treatment net forward and backward on the stage-1 rows, instrument net forward and backward
-//! per inner step, and for FuncID per adjoint step on both halves), replayed through the same GEMM
-//! entry point with nothing else. An iteration cannot take less than that on this machine unless
+//! per inner step, and for FuncID per adjoint step on both halves, in f32 where the config sets
+//! `adjoint_precision = "f32"`), replayed through the same GEMM entry point with nothing else. An iteration cannot take less than that on this machine unless
 //! it does less arithmetic.
 
 use std::time::Instant;
 
-use funcrl_bilevel::{BilevelProblem, Ctx, InnerModel, MethodConfig};
+use funcrl_bilevel::{BilevelProblem, Ctx, InnerModel, MethodConfig, Precision};
 use funcrl_iv::data::Matrix;
 use funcrl_iv::generate::IvDataset;
 use funcrl_iv::run::{self, Resolved};
-use funcrl_kernels::Threads;
+use funcrl_kernels::{Real, Threads};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -41,6 +41,9 @@ fn net_products(dims: &[usize], rows: usize) -> Vec<(usize, usize, usize)> {
     out
 }
 
+/// A product's (m, k, n) and whether it runs in f32.
+type Product = ((usize, usize, usize), bool);
+
 /// The products of one outer iteration (DFIV, FuncID-linear and FuncID; None for the others,
 /// whose corrections are not a fixed list of products).
 fn iteration_products(
@@ -50,7 +53,7 @@ fn iteration_products(
     d_z: usize,
     n1: usize,
     n2: usize,
-) -> Option<Vec<(usize, usize, usize)>> {
+) -> Option<Vec<Product>> {
     let net = &cfg.network;
     let treat: Vec<usize> = std::iter::once(d_t)
         .chain(net.treatment_hidden.iter().copied())
@@ -63,41 +66,64 @@ fn iteration_products(
             net.features,
         ])
         .collect();
-    let adjoint_steps = match method {
-        MethodConfig::ClosedForm | MethodConfig::FuncidLinear { .. } => 0,
-        MethodConfig::Funcid { steps, .. } => *steps,
+    let (adjoint_steps, adjoint_f32) = match method {
+        MethodConfig::ClosedForm | MethodConfig::FuncidLinear { .. } => (0, false),
+        MethodConfig::Funcid {
+            steps,
+            adjoint_precision,
+            ..
+        } => (*steps, *adjoint_precision == Some(Precision::F32)),
         _ => return None,
     };
-    let mut out = net_products(&treat, n1);
+    let run_f32 = cfg.precision == Precision::F32;
+    let tag = |v: Vec<(usize, usize, usize)>, f32: bool| v.into_iter().map(move |p| (p, f32));
+    let mut out: Vec<Product> = tag(net_products(&treat, n1), run_f32).collect();
     for _ in 0..cfg.inner.steps {
-        out.extend(net_products(&instr, n1));
+        out.extend(tag(net_products(&instr, n1), run_f32));
     }
     for _ in 0..adjoint_steps {
-        out.extend(net_products(&instr, n1));
-        out.extend(net_products(&instr, n2));
+        for rows in [n1, n2] {
+            out.extend(tag(net_products(&instr, rows), run_f32 || adjoint_f32));
+        }
     }
     Some(out)
 }
 
 /// Seconds for the products alone (median of `reps`), and their floating-point operations.
-fn gemm_floor(products: &[(usize, usize, usize)], reps: usize) -> (f64, f64) {
-    let len = |a: usize, b: usize| vec![0.5f64; a * b];
-    let bufs: Vec<_> = products
-        .iter()
-        .map(|&(m, k, n)| (len(m, k), len(k, n), len(m, n)))
-        .collect();
+fn gemm_floor(products: &[Product], reps: usize) -> (f64, f64) {
+    enum Bufs {
+        F64([Vec<f64>; 3]),
+        F32([Vec<f32>; 3]),
+    }
+    fn bufs<T: Real>(m: usize, k: usize, n: usize) -> [Vec<T>; 3] {
+        [m * k, k * n, m * n].map(|len| vec![T::of(0.5); len])
+    }
     let mut times = vec![];
     for _ in 0..reps {
-        let mut bufs = bufs.clone();
+        // Buffers made before the clock starts, as a run's are.
+        let mut all: Vec<Bufs> = products
+            .iter()
+            .map(|&((m, k, n), f32)| match f32 {
+                true => Bufs::F32(bufs(m, k, n)),
+                false => Bufs::F64(bufs(m, k, n)),
+            })
+            .collect();
         let t0 = Instant::now();
-        for (&(m, k, n), (a, b, c)) in products.iter().zip(bufs.iter_mut()) {
-            funcrl_kernels::gemm(m, k, n, a, false, b, false, c, 0.0, Threads::Pool);
+        for (&((m, k, n), _), bufs) in products.iter().zip(all.iter_mut()) {
+            match bufs {
+                Bufs::F64([a, b, c]) => {
+                    funcrl_kernels::gemm(m, k, n, a, false, b, false, c, 0.0, Threads::Pool)
+                }
+                Bufs::F32([a, b, c]) => {
+                    funcrl_kernels::gemm(m, k, n, a, false, b, false, c, 0.0, Threads::Pool)
+                }
+            }
         }
         times.push(t0.elapsed().as_secs_f64());
     }
     let flops = products
         .iter()
-        .map(|&(m, k, n)| 2.0 * (m * k * n) as f64)
+        .map(|&((m, k, n), _)| 2.0 * (m * k * n) as f64)
         .sum();
     (median(times), flops)
 }
@@ -128,7 +154,7 @@ fn main() -> anyhow::Result<()> {
         test_structural: Matrix::zeros(0, 1),
     };
     println!(
-        "deep IV, dSprites-shaped random data, n = {n}, f64, full batch, {iters} outer iterations (median reported)"
+        "deep IV, dSprites-shaped random data, n = {n}, each config's precision, full batch, {iters} outer iterations (median reported)"
     );
     println!(
         "{:<14} {:>10} {:>12} {:>12} {:>12} {:>8} {:>14}",

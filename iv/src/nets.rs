@@ -10,10 +10,12 @@
 use std::cell::{Cell, RefCell};
 
 use burn::tensor::{DType, Tensor, TensorData, activation};
-use funcrl_bilevel::{BilevelError, Ctx, Forward, InnerModel, Params, State, ctx::to_vec};
+use funcrl_bilevel::{
+    BilevelError, Ctx, Forward, InnerModel, Params, Precision, State, ctx::to_vec,
+};
 
-use funcrl_kernels::normed::HostNet;
 pub use funcrl_kernels::normed::{Act, Layer};
+use funcrl_kernels::{Real, normed::HostNet};
 use rand::{RngExt, rngs::StdRng};
 
 /// An MLP whose last `features` block is followed (for the instrument net) by a linear head.
@@ -24,8 +26,9 @@ pub struct Net {
     pub spectral_norm: bool,
     /// Linear head appended after the last layer (the inner model's `[W, b]`), width `head`.
     pub head: Option<usize>,
-    /// Inner steps through the fused host kernel (`funcrl_kernels::normed`) where the tensors are f64;
-    /// `false`: burn's autodiff (the kernel's tests compare the two).
+    /// Inner and adjoint steps through the fused host kernel (`funcrl_kernels::normed`), in the
+    /// tensors' precision or the one a caller asks for; `false`: burn's autodiff (the kernel's
+    /// tests compare the two).
     pub host_kernel: bool,
     /// Power-iteration vectors of the selected parameter set ([`InnerModel::select_state`]).
     u: RefCell<Vec<Option<Tensor<2>>>>,
@@ -337,14 +340,38 @@ impl InnerModel for Net {
         &self,
         theta: &Params,
         x: &Tensor<2>,
+        arith: Option<Precision>,
         dv: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
     ) -> Option<Params> {
-        if !self.host_kernel || self.head.is_none() || x.dtype() != DType::F64 {
+        if !self.host_kernel || self.head.is_none() {
             return None;
         }
-        let host = |t: &Tensor<2>| to_vec(&t.clone().detach());
-        let params: Vec<Vec<f64>> = theta.0.iter().map(host).collect();
-        let u: Vec<Option<Vec<f64>>> = self
+        let own = match x.dtype() {
+            DType::F64 => Precision::F64,
+            DType::F32 => Precision::F32,
+            _ => return None,
+        };
+        Some(match arith.unwrap_or(own) {
+            Precision::F64 => self.host_route::<f64>(theta, x, dv),
+            Precision::F32 => self.host_route::<f32>(theta, x, dv),
+        })
+    }
+}
+
+impl Net {
+    /// [`InnerModel::grad_through`] on the host kernel computing in `T`: parameters, power-iteration
+    /// vectors and inputs rounded to `T`, the prediction and gradients returned in `x`'s dtype.
+    fn host_route<T: Real>(
+        &self,
+        theta: &Params,
+        x: &Tensor<2>,
+        dv: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+    ) -> Params {
+        let host = |t: &Tensor<2>| -> Vec<T> {
+            to_vec(&t.clone().detach()).into_iter().map(T::of).collect()
+        };
+        let params: Vec<Vec<T>> = theta.0.iter().map(host).collect();
+        let u: Vec<Option<Vec<T>>> = self
             .u
             .borrow()
             .iter()
@@ -361,7 +388,8 @@ impl InnerModel for Net {
         let n = x.dims()[0];
         let mut tape = net.forward(&host(x), n);
         let (device, dtype) = (x.device(), x.dtype());
-        let make = |values: Vec<f64>, r: usize, c: usize| {
+        let make = |values: Vec<T>, r: usize, c: usize| {
+            let values: Vec<f64> = values.into_iter().map(T::widen).collect();
             Tensor::<2>::from_data(TensorData::new(values, [r, c]), (&device, dtype))
         };
         let g = host(&dv(make(
@@ -370,9 +398,7 @@ impl InnerModel for Net {
             self.output_dim(),
         )));
         let grads = net.backward(&tape, &g);
-        Some(Params::new(
-            grads.into_iter().map(|(v, r, c)| make(v, r, c)).collect(),
-        ))
+        Params::new(grads.into_iter().map(|(v, r, c)| make(v, r, c)).collect())
     }
 }
 
@@ -550,7 +576,8 @@ mod kernel_tests {
     /// Every layout the IV networks use — funcBO's instrument (LN after ReLU) and treatment
     /// (Tanh head) layouts, LN before the activation, identity output, with and without spectral
     /// norm, before and after the power-iteration vectors exist — gives the gradients of burn's
-    /// autodiff, parameter by parameter, and the same prediction.
+    /// autodiff, parameter by parameter, and the same prediction; computing in f32 (FuncID's
+    /// `adjoint_precision`) gives them to f32 rounding.
     #[test]
     fn fused_gradient_equals_autodiff() {
         let ctx = Ctx::flex(Precision::F64);
@@ -588,25 +615,57 @@ mod kernel_tests {
                     }
                 }
                 let want = autodiff(net, &theta, &x, &g);
-                let mut seen = None;
-                let got = net
-                    .grad_through(&theta, &x, &mut |v| {
-                        seen = Some(to_vec(&v));
-                        g.clone()
-                    })
-                    .expect("f64 with a head uses the kernel");
-                let out = to_vec(&net.forward(&theta, &x).output);
-                assert!(max_rel(&seen.unwrap(), &out) < 1e-13, "net {k}: prediction");
-                assert_eq!(got.len(), want.len());
-                for (j, (a, b)) in got.0.iter().zip(&want.0).enumerate() {
-                    assert_eq!(a.dims(), b.dims(), "net {k} param {j}");
-                    let e = max_rel(&to_vec(a), &to_vec(b));
-                    assert!(
-                        e < 1e-12,
-                        "net {k} (refreshed {refreshed}) param {j}: rel err {e}"
-                    );
+                // f32 rounds each input and product (relative 6e-8) through a few layers.
+                for (arith, tol) in [(None, 1e-12_f64), (Some(Precision::F32), 1e-5)] {
+                    let mut seen = None;
+                    let got = net
+                        .grad_through(&theta, &x, arith, &mut |v| {
+                            seen = Some(to_vec(&v));
+                            g.clone()
+                        })
+                        .expect("a net with a head uses the kernel");
+                    let out = to_vec(&net.forward(&theta, &x).output);
+                    let e = max_rel(&seen.unwrap(), &out);
+                    assert!(e < tol.max(1e-13), "net {k} {arith:?}: prediction {e}");
+                    assert_eq!(got.len(), want.len());
+                    for (j, (a, b)) in got.0.iter().zip(&want.0).enumerate() {
+                        assert_eq!(a.dims(), b.dims(), "net {k} param {j}");
+                        assert_eq!(a.dtype(), DType::F64, "results keep the tensors' dtype");
+                        let e = max_rel(&to_vec(a), &to_vec(b));
+                        assert!(
+                            e < tol,
+                            "net {k} (refreshed {refreshed}, {arith:?}) param {j}: rel err {e}"
+                        );
+                        // f32 must actually round: an f64 route mislabelled as f32 fails here.
+                        if arith.is_some() && a.dims()[0] * a.dims()[1] > 4 {
+                            assert!(e > 1e-12, "net {k} param {j}: f32 route did not round");
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// An f32 run goes through the kernel too, in f32, and matches burn's f32 autodiff.
+    #[test]
+    fn f32_tensors_use_the_kernel_in_f32() {
+        let ctx = Ctx::flex(Precision::F32);
+        let net = Net::funcbo(vec![3, 9, 7, 6, 5], Act::Relu, true, Some(4));
+        let mut rng = StdRng::seed_from_u64(11);
+        let theta = net.init(&ctx, &mut rng);
+        for _ in 0..3 {
+            net.refresh(&ctx, &theta);
+        }
+        let x = random_tensor(&ctx, &mut rng, 13, 3);
+        let g = random_tensor(&ctx, &mut rng, 13, 4);
+        let want = autodiff(&net, &theta, &x, &g);
+        let got = net
+            .grad_through(&theta, &x, None, &mut |_| g.clone())
+            .expect("the kernel takes f32 tensors");
+        for (j, (a, b)) in got.0.iter().zip(&want.0).enumerate() {
+            assert_eq!(a.dtype(), DType::F32);
+            let e = max_rel(&to_vec(a), &to_vec(b));
+            assert!(e < 1e-5, "param {j}: rel err {e}");
         }
     }
 

@@ -15,19 +15,91 @@ pub enum Threads {
 /// burn flex's threshold for a multi-threaded GEMM (m·n·k), kept so both paths split work alike.
 const PARALLEL_OPS: usize = 192 * 192 * 192;
 
-/// c `[m, n]` = beta·c + a·b, all row-major f64; `ta`/`tb` read a (stored `[k, m]`) or b (stored
+/// The element types the host kernels compute in: f64 (every published number) and f32 (an
+/// opt-in for steps whose result is itself approximate, such as FuncID's adjoint steps).
+pub trait Real:
+    num_traits::Float
+    + std::iter::Sum
+    + for<'a> std::iter::Sum<&'a Self>
+    + std::ops::AddAssign
+    + std::ops::MulAssign
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
+{
+    /// `x` rounded to this type.
+    fn of(x: f64) -> Self;
+    /// `self` as f64 (exact).
+    fn widen(self) -> f64;
+    /// This type's single-threaded product from `matrixmultiply` (c = alpha·a·b + beta·c,
+    /// strided).
+    ///
+    /// # Safety
+    /// The strides must keep every access inside the three buffers, and `c` must not alias
+    /// `a` or `b`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn mm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+    );
+}
+
+macro_rules! real {
+    ($t:ty, $mm:path) => {
+        impl Real for $t {
+            fn of(x: f64) -> Self {
+                x as $t
+            }
+            fn widen(self) -> f64 {
+                self as f64
+            }
+            unsafe fn mm(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+            ) {
+                // SAFETY: forwarded from the caller's contract.
+                unsafe { $mm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, 1) }
+            }
+        }
+    };
+}
+real!(f64, matrixmultiply::dgemm);
+real!(f32, matrixmultiply::sgemm);
+
+/// c `[m, n]` = beta·c + a·b, all row-major in one [`Real`] type; `ta`/`tb` read a (stored `[k, m]`) or b (stored
 /// `[n, k]`) transposed. `beta` is 0 (overwrite) or 1 (accumulate).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(
+pub fn gemm<T: Real>(
     m: usize,
     k: usize,
     n: usize,
-    a: &[f64],
+    a: &[T],
     ta: bool,
-    b: &[f64],
+    b: &[T],
     tb: bool,
-    c: &mut [f64],
-    beta: f64,
+    c: &mut [T],
+    beta: T,
     threads: Threads,
 ) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
@@ -41,11 +113,10 @@ pub fn gemm(
             // SAFETY: the assert above bounds every index matrixmultiply reads or writes through
             // these strides; `c` does not alias `a` or `b` (distinct borrows).
             unsafe {
-                matrixmultiply::dgemm(
+                T::mm(
                     m,
                     k,
                     n,
-                    1.0,
                     a.as_ptr(),
                     rsa,
                     csa,
@@ -55,7 +126,6 @@ pub fn gemm(
                     beta,
                     c.as_mut_ptr(),
                     n as isize,
-                    1,
                 );
             }
         }
@@ -77,7 +147,7 @@ pub fn gemm(
                     c.as_mut_ptr(),
                     1,
                     n as isize,
-                    beta != 0.0,
+                    beta != T::zero(),
                     a.as_ptr(),
                     a_cs,
                     a_rs,
@@ -85,7 +155,7 @@ pub fn gemm(
                     b_cs,
                     b_rs,
                     beta,
-                    1.0,
+                    T::one(),
                     false,
                     false,
                     false,

@@ -1,5 +1,6 @@
 //! funcrl-kernels: hand-written forward, backward (to parameters and inputs) and forward-mode JVP
-//! of the small dense networks the agents and the IV problem train, on flat `f64` host buffers,
+//! of the small dense networks the agents and the IV problem train, on flat `f64` host buffers
+//! (the IV kernel [`normed`] also in `f32`, for FuncID's optional single-precision adjoint steps),
 //! with one GEMM entry point ([`gemm::gemm`]) and Adam over a flat buffer.
 //!
 //! # Why this exists beside burn
@@ -19,7 +20,7 @@
 //! still changing: burn's autodiff is the reference. Each kernel is checked against it (the
 //! tests of [`mlp`] here, the IV crate's `nets` tests for [`normed`], and the agents'
 //! `native_vs_autodiff` test for whole updates); a new kernel needs the same oracle before use.
-//! Second-order products, other activations, f32 and GPU backends stay on burn.
+//! Second-order products, other activations and GPU backends stay on burn.
 
 pub mod adam;
 pub mod gemm;
@@ -27,5 +28,5 @@ pub mod mlp;
 pub mod normed;
 
 pub use adam::Adam;
-pub use gemm::{Threads, gemm};
+pub use gemm::{Real, Threads, gemm};
 pub use mlp::{Dense, Tape};

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::gemm::{Threads, gemm};
+use crate::gemm::{Real, Threads, gemm};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -32,93 +32,93 @@ pub struct Layer {
 }
 
 /// Σ over rows of an `[n, o]` matrix, as a `[1, o]` row.
-fn col_sums(g: &[f64], o: usize) -> Vec<f64> {
-    let mut s = vec![0.0; o];
+fn col_sums<T: Real>(g: &[T], o: usize) -> Vec<T> {
+    let mut s = vec![T::zero(); o];
     for row in g.chunks_exact(o) {
-        s.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        s.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
     }
     s
 }
 
 /// One layer's parameters on the host, the spectrally normalised weight precomputed.
-struct HostLayer {
+struct HostLayer<T> {
     /// Ŵ = W/σ̂, `[i, o]`.
-    w: Vec<f64>,
-    b: Vec<f64>,
+    w: Vec<T>,
+    b: Vec<T>,
     /// LayerNorm gain and bias, where the layer has one.
-    norm: Option<(Vec<f64>, Vec<f64>)>,
+    norm: Option<(Vec<T>, Vec<T>)>,
     /// (σ̂, u, v) of spectral norm: dL/dW = (dL/dŴ − ⟨dL/dŴ, Ŵ⟩ uᵀv) / σ̂.
-    spectral: Option<(f64, Vec<f64>, Vec<f64>)>,
+    spectral: Option<(T, Vec<T>, Vec<T>)>,
     i: usize,
     o: usize,
 }
 
 /// What one layer's forward keeps for the backward.
-struct LayerTape {
-    input: Vec<f64>,
+struct LayerTape<T> {
+    input: Vec<T>,
     /// The activation's output (its derivative is a function of it) where LayerNorm follows it;
     /// otherwise it is the layer's output, kept once as the next layer's input (or the features).
-    act_out: Option<Vec<f64>>,
+    act_out: Option<Vec<T>>,
     /// LayerNorm's normalised values and per-row 1/√(var + ε).
-    xhat: Vec<f64>,
-    inv: Vec<f64>,
+    xhat: Vec<T>,
+    inv: Vec<T>,
 }
 
 /// A forward pass's values: per-layer tapes, the features and the head's prediction.
-pub struct Tape {
+pub struct Tape<T = f64> {
     n: usize,
-    layers: Vec<LayerTape>,
-    features: Vec<f64>,
-    pub output: Vec<f64>,
+    layers: Vec<LayerTape<T>>,
+    features: Vec<T>,
+    pub output: Vec<T>,
 }
 
 /// A network's parameters on the host, in the IV networks' layout (per layer W `[in, out]`, b,
 /// and gain, bias where the layer has LayerNorm; then the head's W, b).
-pub struct HostNet {
+pub struct HostNet<T = f64> {
     specs: Vec<Layer>,
-    layers: Vec<HostLayer>,
-    head_w: Vec<f64>,
-    head_b: Vec<f64>,
+    layers: Vec<HostLayer<T>>,
+    head_w: Vec<T>,
+    head_b: Vec<T>,
     features: usize,
     head: usize,
 }
 
-fn act(a: Act, x: f64) -> f64 {
+fn act<T: Real>(a: Act, x: T) -> T {
     match a {
-        Act::Relu => x.max(0.0),
+        Act::Relu => x.max(T::zero()),
         Act::Tanh => x.tanh(),
         Act::Identity => x,
     }
 }
 
 /// The activation's derivative from its output.
-fn act_grad(a: Act, y: f64) -> f64 {
+fn act_grad<T: Real>(a: Act, y: T) -> T {
     match a {
         Act::Relu => {
-            if y > 0.0 {
-                1.0
+            if y > T::zero() {
+                T::one()
             } else {
-                0.0
+                T::zero()
             }
         }
-        Act::Tanh => 1.0 - y * y,
-        Act::Identity => 1.0,
+        Act::Tanh => T::one() - y * y,
+        Act::Identity => T::one(),
     }
 }
 
 /// LayerNorm of each row of `h` in place (gain, bias applied); keeps x̂ and 1/√(var + ε).
-fn layer_norm(
-    h: &mut [f64],
+fn layer_norm<T: Real>(
+    h: &mut [T],
     o: usize,
-    gain: &[f64],
-    bias: &[f64],
-    xhat: &mut [f64],
-    inv: &mut [f64],
+    gain: &[T],
+    bias: &[T],
+    xhat: &mut [T],
+    inv: &mut [T],
 ) {
     for ((row, xr), iv) in h.chunks_exact_mut(o).zip(xhat.chunks_exact_mut(o)).zip(inv) {
-        let m = row.iter().sum::<f64>() / o as f64;
-        let var = row.iter().map(|y| (y - m) * (y - m)).sum::<f64>() / o as f64;
-        *iv = 1.0 / (var + 1e-5).sqrt();
+        let m = row.iter().sum::<T>() / T::of(o as f64);
+        let var = row.iter().map(|&y| (y - m) * (y - m)).sum::<T>() / T::of(o as f64);
+        *iv = T::one() / (var + T::of(1e-5)).sqrt();
         for (k, y) in row.iter_mut().enumerate() {
             xr[k] = (*y - m) * *iv;
             *y = xr[k] * gain[k] + bias[k];
@@ -128,17 +128,17 @@ fn layer_norm(
 
 /// LayerNorm's backward in place: g ← dL/d(input) from g = dL/d(output); adds the gain's and
 /// bias's gradients to `dgain`, `dbias`.
-fn layer_norm_back(
-    g: &mut [f64],
+fn layer_norm_back<T: Real>(
+    g: &mut [T],
     o: usize,
-    gain: &[f64],
-    xhat: &[f64],
-    inv: &[f64],
-    dgain: &mut [f64],
-    dbias: &mut [f64],
+    gain: &[T],
+    xhat: &[T],
+    inv: &[T],
+    dgain: &mut [T],
+    dbias: &mut [T],
 ) {
     for ((row, xr), iv) in g.chunks_exact_mut(o).zip(xhat.chunks_exact(o)).zip(inv) {
-        let (mut m1, mut m2) = (0.0, 0.0);
+        let (mut m1, mut m2) = (T::zero(), T::zero());
         for k in 0..o {
             dgain[k] += row[k] * xr[k];
             dbias[k] += row[k];
@@ -146,14 +146,14 @@ fn layer_norm_back(
             m1 += gk;
             m2 += gk * xr[k];
         }
-        let (m1, m2) = (m1 / o as f64, m2 / o as f64);
+        let (m1, m2) = (m1 / T::of(o as f64), m2 / T::of(o as f64));
         for k in 0..o {
-            row[k] = iv * (row[k] * gain[k] - m1 - xr[k] * m2);
+            row[k] = *iv * (row[k] * gain[k] - m1 - xr[k] * m2);
         }
     }
 }
 
-impl HostNet {
+impl<T: Real> HostNet<T> {
     /// A network of `widths` = [input, hidden.., features] with per-layer `specs`, spectral norm
     /// where `u` (one per layer, where refreshed) has a vector and `spectral_norm` is set, and a
     /// linear head of width `head`; `params` and `u` as host rows.
@@ -162,8 +162,8 @@ impl HostNet {
         specs: &[Layer],
         spectral_norm: bool,
         head: usize,
-        params: &[Vec<f64>],
-        u: &[Option<Vec<f64>>],
+        params: &[Vec<T>],
+        u: &[Option<Vec<T>>],
     ) -> Self {
         let mut at = 0;
         let mut layers = Vec::with_capacity(specs.len());
@@ -173,11 +173,22 @@ impl HostNet {
             let spectral = match (&u[l], spectral_norm) {
                 (Some(u), true) => {
                     // v = uW/‖uW‖, σ̂ = (uW)·v: the order of Net::weight's operations.
-                    let mut uw = vec![0.0; o];
-                    gemm(1, i, o, u, false, &w, false, &mut uw, 0.0, Threads::Pool);
-                    let norm = uw.iter().map(|x| x * x).sum::<f64>().sqrt();
-                    let v: Vec<f64> = uw.iter().map(|x| x / norm).collect();
-                    let sigma = uw.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
+                    let mut uw = vec![T::zero(); o];
+                    gemm(
+                        1,
+                        i,
+                        o,
+                        u,
+                        false,
+                        &w,
+                        false,
+                        &mut uw,
+                        T::zero(),
+                        Threads::Pool,
+                    );
+                    let norm = uw.iter().map(|&x| x * x).sum::<T>().sqrt();
+                    let v: Vec<T> = uw.iter().map(|&x| x / norm).collect();
+                    let sigma = uw.iter().zip(&v).map(|(&a, &b)| a * b).sum::<T>();
                     w.iter_mut().for_each(|x| *x *= sigma.recip());
                     Some((sigma, u.clone(), v))
                 }
@@ -208,12 +219,12 @@ impl HostNet {
     }
 
     /// The forward on `x` (`[n, input]`, row-major).
-    pub fn forward(&self, x: &[f64], n: usize) -> Tape {
+    pub fn forward(&self, x: &[T], n: usize) -> Tape<T> {
         let mut h = x.to_vec();
         let mut tapes = Vec::with_capacity(self.layers.len());
         for (layer, spec) in self.layers.iter().zip(&self.specs) {
             let o = layer.o;
-            let mut z = vec![0.0; n * o];
+            let mut z = vec![T::zero(); n * o];
             gemm(
                 n,
                 layer.i,
@@ -223,16 +234,16 @@ impl HostNet {
                 &layer.w,
                 false,
                 &mut z,
-                0.0,
+                T::zero(),
                 Threads::Pool,
             );
             for row in z.chunks_exact_mut(o) {
-                row.iter_mut().zip(&layer.b).for_each(|(y, b)| *y += b);
+                row.iter_mut().zip(&layer.b).for_each(|(y, &b)| *y += b);
             }
             let (mut xhat, mut inv) = (Vec::new(), Vec::new());
             if let Some((gain, bias)) = &layer.norm {
-                xhat = vec![0.0; n * o];
-                inv = vec![0.0; n];
+                xhat = vec![T::zero(); n * o];
+                inv = vec![T::zero(); n];
                 if !spec.norm_after_act {
                     layer_norm(&mut z, o, gain, bias, &mut xhat, &mut inv);
                 }
@@ -253,7 +264,7 @@ impl HostNet {
                 inv,
             });
         }
-        let mut output = vec![0.0; n * self.head];
+        let mut output = vec![T::zero(); n * self.head];
         gemm(
             n,
             self.features,
@@ -263,11 +274,11 @@ impl HostNet {
             &self.head_w,
             false,
             &mut output,
-            0.0,
+            T::zero(),
             Threads::Pool,
         );
         for row in output.chunks_exact_mut(self.head) {
-            row.iter_mut().zip(&self.head_b).for_each(|(y, b)| *y += b);
+            row.iter_mut().zip(&self.head_b).for_each(|(y, &b)| *y += b);
         }
         Tape {
             n,
@@ -279,10 +290,10 @@ impl HostNet {
 
     /// J_θᵀ g for g = dL/d(prediction) (`[n, head]`): the gradients in the parameter
     /// order, each as (values, rows, cols).
-    pub fn backward(&self, tape: &Tape, g: &[f64]) -> Vec<(Vec<f64>, usize, usize)> {
+    pub fn backward(&self, tape: &Tape<T>, g: &[T]) -> Vec<(Vec<T>, usize, usize)> {
         let n = tape.n;
         assert_eq!(g.len(), n * self.head);
-        let mut d_head_w = vec![0.0; self.features * self.head];
+        let mut d_head_w = vec![T::zero(); self.features * self.head];
         gemm(
             self.features,
             n,
@@ -292,11 +303,11 @@ impl HostNet {
             g,
             false,
             &mut d_head_w,
-            0.0,
+            T::zero(),
             Threads::Pool,
         );
         let d_head_b = col_sums(g, self.head);
-        let mut grad = vec![0.0; n * self.features];
+        let mut grad = vec![T::zero(); n * self.features];
         gemm(
             n,
             self.head,
@@ -306,11 +317,11 @@ impl HostNet {
             &self.head_w,
             true,
             &mut grad,
-            0.0,
+            T::zero(),
             Threads::Pool,
         );
 
-        let mut out: Vec<Vec<(Vec<f64>, usize, usize)>> = Vec::with_capacity(self.layers.len());
+        let mut out: Vec<Vec<(Vec<T>, usize, usize)>> = Vec::with_capacity(self.layers.len());
         for (l, (layer, spec)) in self.layers.iter().zip(&self.specs).enumerate().rev() {
             let (i, o) = (layer.i, layer.o);
             let t = &tape.layers[l];
@@ -321,9 +332,12 @@ impl HostNet {
                     Some(next) => &next.input,
                     None => &tape.features,
                 });
-            let mut norm_grads = layer.norm.as_ref().map(|_| (vec![0.0; o], vec![0.0; o]));
+            let mut norm_grads = layer
+                .norm
+                .as_ref()
+                .map(|_| (vec![T::zero(); o], vec![T::zero(); o]));
             // LayerNorm's backward where it sits: after the activation (first) or before (last).
-            let mut norm_back = |grad: &mut [f64], after: bool| {
+            let mut norm_back = |grad: &mut [T], after: bool| {
                 if let (Some((gain, _)), Some((dg, db))) = (&layer.norm, norm_grads.as_mut())
                     && spec.norm_after_act == after
                 {
@@ -336,7 +350,7 @@ impl HostNet {
                 .for_each(|(g, y)| *g *= act_grad(spec.act, *y));
             norm_back(&mut grad, false);
             let db = col_sums(&grad, o);
-            let mut dw = vec![0.0; i * o];
+            let mut dw = vec![T::zero(); i * o];
             gemm(
                 i,
                 n,
@@ -346,11 +360,11 @@ impl HostNet {
                 &grad,
                 false,
                 &mut dw,
-                0.0,
+                T::zero(),
                 Threads::Pool,
             );
             if l > 0 {
-                let mut below = vec![0.0; n * i];
+                let mut below = vec![T::zero(); n * i];
                 gemm(
                     n,
                     o,
@@ -360,17 +374,17 @@ impl HostNet {
                     &layer.w,
                     true,
                     &mut below,
-                    0.0,
+                    T::zero(),
                     Threads::Pool,
                 );
                 grad = below;
             }
             if let Some((sigma, u, v)) = &layer.spectral {
-                let inner = dw.iter().zip(&layer.w).map(|(a, b)| a * b).sum::<f64>();
+                let inner = dw.iter().zip(&layer.w).map(|(&a, &b)| a * b).sum::<T>();
                 for (r, ur) in u.iter().enumerate() {
                     for (c, vc) in v.iter().enumerate() {
                         let x = &mut dw[r * o + c];
-                        *x = (*x - inner * ur * vc) / sigma;
+                        *x = (*x - inner * *ur * *vc) / *sigma;
                     }
                 }
             }

@@ -6,7 +6,7 @@ use super::{
     outer_value_and_grad_v, total_from_adjoint,
 };
 use crate::{
-    ctx::{Ctx, scalar, to_vec},
+    ctx::{Ctx, Precision, scalar, to_vec},
     error::BilevelError,
     model::InnerModel,
     optim::{Optimizer, OptimizerConfig},
@@ -46,6 +46,8 @@ pub struct FuncId {
     pub curvature_scale: f64,
     pub own_norm_state: bool,
     pub log_cosine: bool,
+    /// Precision of the adjoint steps' fused route (`None`: the run's).
+    pub adjoint_precision: Option<Precision>,
     optimizer: Optimizer,
     psi: Option<Params>,
     theta0: Option<Params>,
@@ -60,6 +62,7 @@ impl FuncId {
             curvature_scale: 1.0,
             own_norm_state: false,
             log_cosine: false,
+            adjoint_precision: None,
             optimizer: Optimizer::new(optimizer),
             psi: None,
             theta0: None,
@@ -164,18 +167,19 @@ impl<P: BilevelProblem, M: InnerModel> HypergradientMethod<P, M> for FuncId {
             i.model.refresh(i.ctx, &psi);
         }
         let mut adjoint_loss = f64::NAN;
+        let arith = self.adjoint_precision;
         for _ in 0..self.steps {
             // A model with its own gradient route: ∂J/∂a_P = κ H a_P / n and ∂J/∂a_Q = D.
             let (mut quad, mut lin) = (0.0, 0.0);
             let fused = i
                 .model
-                .grad_through(&psi, &x_in, &mut |a| {
+                .grad_through(&psi, &x_in, arith, &mut |a| {
                     let ha = inner_hvp_v(i.ctx, i.problem, i.omega, &v_in, &a, i.inner);
                     quad = scalar((a * ha.clone()).sum()) / n;
                     ha.mul_scalar(kappa / n)
                 })
                 .and_then(|g_in| {
-                    let g_out = i.model.grad_through(&psi, &x_out, &mut |a| {
+                    let g_out = i.model.grad_through(&psi, &x_out, arith, &mut |a| {
                         lin = scalar((a * d.clone()).sum());
                         d.clone()
                     })?;

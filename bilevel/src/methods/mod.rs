@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ctx::{Ctx, scalar},
+    ctx::{Ctx, Precision, scalar},
     error::BilevelError,
     model::InnerModel,
     optim::OptimizerConfig,
@@ -163,6 +163,12 @@ pub enum MethodConfig {
         /// every iteration (`adjoint_cosine`; one small ridge solve).
         #[serde(default)]
         log_cosine: bool,
+        /// Precision of the adjoint steps' forward and backward where the model has a fused
+        /// route (`"f32"`: single-precision products, about half the adjoint's cost; the adjoint
+        /// objective, its optimiser and everything else stay at the run's precision). Default:
+        /// the run's precision.
+        #[serde(default)]
+        adjoint_precision: Option<Precision>,
     },
     /// Closed-form adjoint a(x) = V[φ(x); 1] on the inner network's last features.
     FuncidLinear {
@@ -239,6 +245,7 @@ impl MethodConfig {
             curvature_scale: 1.0,
             own_norm_state: false,
             log_cosine: false,
+            adjoint_precision: None,
         }
     }
 
@@ -267,12 +274,14 @@ impl MethodConfig {
                 curvature_scale,
                 own_norm_state,
                 log_cosine,
+                adjoint_precision,
             } => {
                 let mut f = FuncId::new(steps, optimizer, warm_start);
                 f.init = init;
                 f.curvature_scale = curvature_scale;
                 f.own_norm_state = own_norm_state;
                 f.log_cosine = log_cosine;
+                f.adjoint_precision = adjoint_precision;
                 Box::new(f)
             }
             MethodConfig::FuncidLinear { ridge } => Box::new(FuncIdLinear { ridge }),
