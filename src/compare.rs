@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use funcrl_agents::inspect::ModelReport;
+use funcrl_agents::inspect::{ModelReport, PolicyReport};
 use funcrl_stats::{self as stats, Bootstrap, Interval};
 use serde::Serialize;
 
@@ -607,6 +607,27 @@ fn report(
                 col(&|r| r.open_loop_rmse.get(9).copied().unwrap_or(f64::NAN)),
             ));
         }
+        table.push_str("\nPolicies at the last checkpoint, 20 episodes each from the same held-out seeds (`funcrl inspect`), mean ± std over seeds: the evaluation policy softmax(Q/α) as `evals.csv` logs it against the greedy policy argmax Q, and how decisive the softmax is on the states it visits (mean probability of its top action; median gap between the two best action values, in units of α). A greedy return well above the softmax one means evaluation dips come from sampling near-tied actions, not from a wrong Q.\n\n| agent | softmax return | greedy return | top-action probability | median gap / α |\n|---|---:|---:|---:|---:|\n");
+        for st in &with_model {
+            let col = |f: &dyn Fn(&PolicyReport) -> f64, digits: usize| {
+                let v: Vec<f64> = st
+                    .model
+                    .iter()
+                    .filter_map(|r| r.policy.as_ref())
+                    .map(f)
+                    .collect();
+                let (m, s) = mean_std(&v);
+                format!("{m:.digits$} ± {s:.digits$}")
+            };
+            table.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                st.name,
+                col(&|p| p.softmax_return_mean, 1),
+                col(&|p| p.greedy_return_mean, 1),
+                col(&|p| p.mean_top_probability, 3),
+                col(&|p| p.median_gap_over_alpha, 2),
+            ));
+        }
         let groups: Vec<(String, Vec<Vec<f64>>)> = with_model
             .iter()
             .map(|s| {
@@ -740,6 +761,7 @@ fn inspect_all(dirs: &[PathBuf]) -> anyhow::Result<Vec<ModelReport>> {
             transitions: 2000,
             horizon: 20,
             seed: crate::inspect::HELD_OUT_SEED,
+            episodes: 20,
         })?);
     }
     Ok(out)

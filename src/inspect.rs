@@ -1,6 +1,7 @@
 //! `funcrl inspect RUN_DIR`: the world model of a run's checkpoint measured on held-out real
 //! transitions against the true dynamics (`funcrl_agents::inspect`): one-step state, reward and
-//! value errors and the open-loop error by horizon, as inspect.json and inspect.png.
+//! value errors and the open-loop error by horizon, plus how decisive the run's policy is (its
+//! sampled evaluation policy against the greedy one), as inspect.json and inspect.png.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,10 @@ pub struct InspectArgs {
     /// Seed of the held-out episodes (never the training seed's streams).
     #[arg(long, default_value_t = HELD_OUT_SEED)]
     pub seed: u64,
+    /// Episodes of the evaluation (softmax) policy and of the greedy policy, from the same
+    /// seeds, for the policy report (0: skip it).
+    #[arg(long, default_value_t = 20)]
+    pub episodes: usize,
 }
 
 /// Measures the model in `run`'s checkpoint; writes inspect.json and inspect.png there.
@@ -75,7 +80,13 @@ pub fn inspect_run(args: &InspectArgs) -> anyhow::Result<ModelReport> {
     .map_err(|e| anyhow::anyhow!(e))?;
     // The model as the run's Q step uses it (its clips applied; the raw model without clips).
     let model = inspect::AsUsed::new(&t.agent, &t.buffer);
-    let report = inspect::inspect(&model, &t.agent, &records, args.horizon);
+    let mut report = inspect::inspect(&model, &t.agent, &records, args.horizon);
+    if args.episodes > 0 {
+        report.policy = Some(
+            inspect::policy_report(&t.agent, &cfg.env, &actions, args.episodes, args.seed)
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
+    }
     run.write(
         "inspect.json",
         serde_json::to_string_pretty(&report)?.as_bytes(),
@@ -139,8 +150,22 @@ pub fn describe(r: &ModelReport) -> String {
         true => "none (the raw model)".to_string(),
         false => r.clips.join(", "),
     };
+    let policy = r.policy.as_ref().map_or(String::new(), |p| {
+        format!(
+            "policy, {} episodes   softmax (as evaluated) {:.1} ± {:.1}, greedy {:.1} ± {:.1}\n\
+             policy decisiveness   top-action probability {:.3} (below 0.9 on {:.1} % of states), median action gap {:.2} α\n",
+            p.episodes,
+            p.softmax_return_mean,
+            p.softmax_return_std,
+            p.greedy_return_mean,
+            p.greedy_return_std,
+            p.mean_top_probability,
+            100.0 * p.undecided_fraction,
+            p.median_gap_over_alpha
+        )
+    });
     format!(
-        "held-out transitions  {}\nclips applied         {clips}\nstate RMSE            {:.4}  (per dim: {})\nreward MAE            {:.4}\nvalue MAE |V̄(ŝ′) − V̄(s′)|  {:.4}\ntarget MAE |ŷ − y|    {:.4}\nopen-loop RMSE h=1/5/10/20  {} / {} / {} / {}\n",
+        "held-out transitions  {}\nclips applied         {clips}\nstate RMSE            {:.4}  (per dim: {})\nreward MAE            {:.4}\nvalue MAE |V̄(ŝ′) − V̄(s′)|  {:.4}\ntarget MAE |ŷ − y|    {:.4}\nopen-loop RMSE h=1/5/10/20  {} / {} / {} / {}\n{policy}",
         r.transitions,
         r.state_rmse,
         r.state_rmse_per_dim

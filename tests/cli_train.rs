@@ -535,6 +535,16 @@ fn inspect_measures_a_runs_model_and_refuses_what_has_none() {
     assert!(rep["state_rmse"].as_f64().unwrap() > 0.0);
     assert_eq!(rep["clips"], serde_json::json!([]));
     assert!(dir.join("inspect.png").is_file());
+    // The policy report: 20 episodes by default, returns within CartPole's [1, 500].
+    let p = &rep["policy"];
+    assert_eq!(p["episodes"], 20);
+    for k in ["softmax_return_mean", "greedy_return_mean"] {
+        let v = p[k].as_f64().unwrap();
+        assert!((1.0..=500.0).contains(&v), "{k}: {v}");
+    }
+    let top = p["mean_top_probability"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&top), "{top}");
+    assert!(String::from_utf8_lossy(&r.stdout).contains("greedy"));
 
     // A run that clips its model is measured with its clips: CartPole's reward is always 1, so
     // the clipped reward error is exactly 0 whatever the reward head predicts.

@@ -554,10 +554,15 @@ impl Agent {
 
     /// The softmax policy's action probabilities at `obs` (no ε).
     pub fn policy(&self, obs: &[f64]) -> Vec<f64> {
+        softmax_policy(&self.policy_values(obs), self.cfg.q.alpha)
+    }
+
+    /// The action values the policy is a softmax of: min or mean of the two Q's (`q.policy`).
+    pub fn policy_values(&self, obs: &[f64]) -> Vec<f64> {
         let k = self.qd.numel();
         let q1 = self.qd.forward_one(&self.q[..k], obs);
         let q2 = self.qd.forward_one(&self.q[k..], obs);
-        softmax_policy(&policy_q(&q1, &q2, self.cfg.q.policy), self.cfg.q.alpha)
+        policy_q(&q1, &q2, self.cfg.q.policy)
     }
 }
 

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::agent::Agent;
 use crate::replay::{Batch, ReplayBuffer};
-use crate::targets::value_range;
+use crate::targets::{sample_index, value_range};
 use crate::trainer::{ActionMap, make_env, obs_f64, step_with};
 
 /// One real transition with the environment's internal state before it (what `set_state` takes;
@@ -231,6 +231,99 @@ pub fn collect(
     Ok(out)
 }
 
+/// How decisive a run's policy is, and what sampling from it costs: the evaluation policy
+/// (softmax(Q/α) without ε, what `evals.csv` logs) against the greedy policy argmax Q on the same
+/// episode seeds. A policy whose action gaps are small against α samples a wrong action now and
+/// then, and on CartPole one wrong push near the edge ends an episode: evaluation then dips
+/// although the greedy policy still balances.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PolicyReport {
+    pub episodes: usize,
+    /// Mean and (population) standard deviation of the episode returns.
+    pub softmax_return_mean: f64,
+    pub softmax_return_std: f64,
+    pub greedy_return_mean: f64,
+    pub greedy_return_std: f64,
+    /// Over the states the softmax episodes visit: mean probability of the most likely action.
+    pub mean_top_probability: f64,
+    /// Fraction of those states where the most likely action has probability below 0.9.
+    pub undecided_fraction: f64,
+    /// Median over those states of (best − second-best action value) / α.
+    pub median_gap_over_alpha: f64,
+}
+
+/// Index of the largest value (the first on ties).
+fn argmax(v: &[f64]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(0, |best, (i, x)| if *x > v[best] { i } else { best })
+}
+
+/// `episodes` episodes of the softmax and of the greedy policy, episode j of both starting from
+/// the same seed (derived from `seed`); see [`PolicyReport`].
+pub fn policy_report(
+    agent: &Agent,
+    env_id: &str,
+    actions: &ActionMap,
+    episodes: usize,
+    seed: u64,
+) -> Result<PolicyReport, String> {
+    let (mut env, limit) = make_env(env_id).map_err(|e| e.to_string())?;
+    let mut seeds = StdRng::seed_from_u64(seed);
+    let starts: Vec<u64> = (0..episodes).map(|_| seeds.random()).collect();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let (mut top, mut gaps) = (Vec::new(), Vec::new());
+    let mut returns = [Vec::new(), Vec::new()];
+    for (greedy, out) in [false, true].into_iter().zip(returns.iter_mut()) {
+        for &start in &starts {
+            let (mut obs, _) = env.reset(Some(start));
+            let mut total = 0.0;
+            for _ in 0..limit {
+                let o = obs_f64(&obs);
+                let a = if greedy {
+                    argmax(&agent.policy_values(&o))
+                } else {
+                    let p = agent.policy(&o);
+                    let mut q = agent.policy_values(&o);
+                    top.push(p.iter().cloned().fold(0.0, f64::max));
+                    q.sort_by(|a, b| b.total_cmp(a));
+                    gaps.push((q[0] - q.get(1).copied().unwrap_or(q[0])) / agent.cfg.q.alpha);
+                    sample_index(&p, rng.random::<f64>())
+                };
+                let st = step_with(env.as_mut(), actions, a).map_err(|e| e.to_string())?;
+                total += st.reward;
+                obs = st.obs;
+                if st.terminated || st.truncated {
+                    break;
+                }
+            }
+            out.push(total);
+        }
+    }
+    let mean_std = |v: &[f64]| {
+        let n = v.len().max(1) as f64;
+        let m = v.iter().sum::<f64>() / n;
+        (
+            m,
+            (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt(),
+        )
+    };
+    let (sm, ss) = mean_std(&returns[0]);
+    let (gm, gs) = mean_std(&returns[1]);
+    gaps.sort_by(f64::total_cmp);
+    Ok(PolicyReport {
+        episodes,
+        softmax_return_mean: sm,
+        softmax_return_std: ss,
+        greedy_return_mean: gm,
+        greedy_return_std: gs,
+        mean_top_probability: mean_std(&top).0,
+        undecided_fraction: top.iter().filter(|&&p| p < 0.9).count() as f64
+            / top.len().max(1) as f64,
+        median_gap_over_alpha: gaps.get(gaps.len() / 2).copied().unwrap_or(f64::NAN),
+    })
+}
+
 /// What `inspect` measures.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ModelReport {
@@ -249,6 +342,9 @@ pub struct ModelReport {
     pub open_loop_rmse: Vec<f64>,
     /// The clips applied, as the run's Q step applies them (empty: the raw model).
     pub clips: Vec<String>,
+    /// The run's policy, where measured ([`policy_report`]; `funcrl inspect --episodes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
 }
 
 /// Measures `model` against held-out `records`, valuing states with `critic`'s target Q̄.
@@ -314,6 +410,7 @@ pub fn inspect(
             .map(|(s, c)| (s / *c as f64).sqrt())
             .collect(),
         clips: model.clips(),
+        policy: None,
     }
 }
 
@@ -443,5 +540,52 @@ mod tests {
         for (h, e) in r.open_loop_rmse.iter().enumerate() {
             assert!((e - (h + 1) as f64).abs() < 1e-12, "{h}: {e}");
         }
+    }
+
+    /// Oracles for the policy report: with Q ≡ 0 both actions tie, so the softmax is uniform
+    /// (top probability ½, gap 0) and the greedy policy always pushes left, whose returns are
+    /// those of stepping the env with action 0 from the same seeds; with α → 0 the softmax is
+    /// the greedy policy and both return the same on every episode.
+    #[test]
+    fn policy_report_against_hand_cases() {
+        let env = "CartPole-v1";
+        let actions =
+            ActionMap::new(&funcrl_envs::make(env).unwrap().action_space(), env, None).unwrap();
+        let mut t = trainer(env);
+        let (episodes, seed) = (6, 11);
+
+        let alpha = t.agent.cfg.q.alpha;
+        t.agent.cfg.q.alpha = 1e-300;
+        let r = policy_report(&t.agent, env, &actions, episodes, seed).unwrap();
+        assert_eq!(r.mean_top_probability, 1.0);
+        assert_eq!(r.undecided_fraction, 0.0);
+        assert_eq!(r.softmax_return_mean, r.greedy_return_mean);
+        assert_eq!(r.softmax_return_std, r.greedy_return_std);
+
+        t.agent.cfg.q.alpha = alpha;
+        t.agent.q.iter_mut().for_each(|w| *w = 0.0);
+        let r = policy_report(&t.agent, env, &actions, episodes, seed).unwrap();
+        assert_eq!(r.mean_top_probability, 0.5);
+        assert_eq!(r.undecided_fraction, 1.0);
+        assert_eq!(r.median_gap_over_alpha, 0.0);
+        let (mut e, limit) = make_env(env).unwrap();
+        let mut seeds = StdRng::seed_from_u64(seed);
+        let left: Vec<f64> = (0..episodes)
+            .map(|_| {
+                e.reset(Some(seeds.random::<u64>()));
+                let mut total = 0.0;
+                for _ in 0..limit {
+                    let st = step_with(e.as_mut(), &actions, 0).unwrap();
+                    total += st.reward;
+                    if st.terminated || st.truncated {
+                        break;
+                    }
+                }
+                total
+            })
+            .collect();
+        let mean = left.iter().sum::<f64>() / episodes as f64;
+        assert_eq!(r.greedy_return_mean, mean);
+        assert!(mean < 20.0, "always left falls fast: {mean}");
     }
 }
