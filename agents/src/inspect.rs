@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::agent::Agent;
 use crate::replay::{Batch, ReplayBuffer};
-use crate::targets::{sample_index, value_range};
+use crate::targets::{sample_index, softmax_policy, value_range};
 use crate::trainer::{ActionMap, make_env, obs_f64, step_with};
 
 /// One real transition with the environment's internal state before it (what `set_state` takes;
@@ -279,12 +279,12 @@ pub fn policy_report(
             let (mut obs, _) = env.reset(Some(start));
             let mut total = 0.0;
             for _ in 0..limit {
-                let o = obs_f64(&obs);
+                let mut q = agent.policy_values(&obs_f64(&obs));
                 let a = if greedy {
-                    argmax(&agent.policy_values(&o))
+                    argmax(&q)
                 } else {
-                    let p = agent.policy(&o);
-                    let mut q = agent.policy_values(&o);
+                    // The policy `Agent::policy` gives, from the one Q evaluation.
+                    let p = softmax_policy(&q, agent.cfg.q.alpha);
                     top.push(p.iter().cloned().fold(0.0, f64::max));
                     q.sort_by(|a, b| b.total_cmp(a));
                     gaps.push((q[0] - q.get(1).copied().unwrap_or(q[0])) / agent.cfg.q.alpha);

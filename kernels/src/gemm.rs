@@ -32,28 +32,29 @@ pub trait Real:
     fn of(x: f64) -> Self;
     /// `self` as f64 (exact).
     fn widen(self) -> f64;
-    /// This type's single-threaded product from `matrixmultiply` (c = alpha·a·b + beta·c,
-    /// strided).
-    ///
-    /// # Safety
-    /// The strides must keep every access inside the three buffers, and `c` must not alias
-    /// `a` or `b`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn mm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-    );
+    /// This type's single-threaded product from `matrixmultiply` (`dgemm` or `sgemm`).
+    const MM: Mm<Self>;
 }
+
+/// `matrixmultiply`'s strided product c = alpha·a·b + beta·c, arguments (m, k, n, alpha, a, rsa,
+/// csa, b, rsb, csb, beta, c, rsc, csc). Unsafe: the strides must keep every access inside the
+/// three buffers, and `c` must not alias `a` or `b`.
+pub type Mm<T> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    T,
+    *const T,
+    isize,
+    isize,
+    *const T,
+    isize,
+    isize,
+    T,
+    *mut T,
+    isize,
+    isize,
+);
 
 macro_rules! real {
     ($t:ty, $mm:path) => {
@@ -64,23 +65,7 @@ macro_rules! real {
             fn widen(self) -> f64 {
                 self as f64
             }
-            unsafe fn mm(
-                m: usize,
-                k: usize,
-                n: usize,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
-                beta: Self,
-                c: *mut Self,
-                rsc: isize,
-            ) {
-                // SAFETY: forwarded from the caller's contract.
-                unsafe { $mm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, 1) }
-            }
+            const MM: Mm<$t> = $mm;
         }
     };
 }
@@ -113,10 +98,11 @@ pub fn gemm<T: Real>(
             // SAFETY: the assert above bounds every index matrixmultiply reads or writes through
             // these strides; `c` does not alias `a` or `b` (distinct borrows).
             unsafe {
-                T::mm(
+                (T::MM)(
                     m,
                     k,
                     n,
+                    T::one(),
                     a.as_ptr(),
                     rsa,
                     csa,
@@ -126,6 +112,7 @@ pub fn gemm<T: Real>(
                     beta,
                     c.as_mut_ptr(),
                     n as isize,
+                    1,
                 );
             }
         }
